@@ -1,0 +1,344 @@
+"""Experiment configuration: frozen dataclasses whose defaults a project file overrides.
+
+A project file (`projects/<dataset>/project.yaml`) holds only what differs from the
+defaults below; command-line overrides (`train.lr=0.01`, or the short names of the
+MLproject parameters such as `lr=0.01`) are applied on top. Unknown keys and bad
+values are errors that name the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from medxp.errors import MedxpError
+
+PROJECTS_DIR_ENV = "MEDXP_PROJECTS_DIR"
+DATA_DIR_ENV = "MEDXP_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """The dataset contract: what the images are and where they came from."""
+
+    name: str = ""
+    layout: str = "folds"
+    class_names: tuple[str, ...] = ()
+    positive_class: str = ""
+    image_size: int = 64
+    channels: int = 3
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.25, 0.25, 0.25)
+    provenance: str = ""
+    licence: str = ""
+    demo: str = ""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is read from and how it is fed."""
+
+    data_dir: str = ""
+    fold: int = 0
+    demo: str = "auto"
+    demo_images_per_class: int = 400
+    demo_folds: int = 10
+    demo_image_size: int = 128
+    augment: bool = True
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which architecture, and the knobs the seed architectures share."""
+
+    name: str = "small_cnn"
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    kernel_size: int = 3
+    batch_norm: bool = True
+    dropout: float = 0.1
+    head_dropout: float = 0.3
+    pretrained: bool = False
+    channels_last: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and stopping."""
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    batch_size: int = 32
+    epochs: int = 20
+    patience: int = 5
+    monitor: str = "val_loss"
+    seed: int = 42
+    device: str = "auto"
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How the trained model is judged."""
+
+    primary_metric: str = "accuracy"
+    bootstrap_resamples: int = 1000
+    confidence: float = 0.95
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything one run needs; `source` is the project file it came from."""
+
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    source: str = ""
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """`{"train.lr": 0.001, ...}`: the resolved config as MLflow params."""
+        flat: dict[str, Any] = {}
+        for section in dataclasses.fields(self):
+            value = getattr(self, section.name)
+            if not dataclasses.is_dataclass(value):
+                continue
+            for item in dataclasses.fields(value):
+                flat[f"{section.name}.{item.name}"] = getattr(value, item.name)
+        return flat
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict, YAML-ready."""
+        return _plain(dataclasses.asdict(self))
+
+    def replace(self, overrides: Mapping[str, Any], origin: str = "overrides") -> "ExperimentConfig":
+        """A copy with dotted-key overrides applied (`{"train.lr": 0.01}`)."""
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in overrides.items():
+            section, _, name = resolve_key(key, origin).partition(".")
+            nested.setdefault(section, {})[name] = value
+        merged = self.to_dict()
+        for section, values in nested.items():
+            merged[section].update(values)
+        merged.pop("source", None)
+        return _build(merged, origin, source=self.source)
+
+
+# Short names accepted on the command line and as MLproject parameters.
+SHORT_KEYS = {
+    "data_dir": "data.data_dir",
+    "fold": "data.fold",
+    "demo": "data.demo",
+    "model": "model.name",
+    "epochs": "train.epochs",
+    "lr": "train.lr",
+    "batch_size": "train.batch_size",
+    "optimizer": "train.optimizer",
+    "weight_decay": "train.weight_decay",
+    "patience": "train.patience",
+    "seed": "train.seed",
+    "dropout": "model.dropout",
+}
+
+_CHOICES = {
+    "dataset.layout": ("folds",),
+    "data.demo": ("auto", "never", "always"),
+    "train.optimizer": ("adam", "adamw", "sgd"),
+    "train.monitor": ("val_loss", "val_accuracy", "val_f1_macro", "val_roc_auc"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "eval.primary_metric": ("accuracy", "f1_macro", "f1_weighted", "roc_auc"),
+}
+
+
+def resolve_key(key: str, origin: str) -> str:
+    """Maps a short or dotted key to `section.name`, or raises naming the key."""
+    dotted = SHORT_KEYS.get(key, key)
+    section, _, name = dotted.partition(".")
+    sections = {f.name: f for f in dataclasses.fields(ExperimentConfig) if f.name != "source"}
+    if section not in sections or not name:
+        valid = ", ".join(sorted(sections) + sorted(SHORT_KEYS))
+        raise MedxpError(f"{origin}: unknown key '{key}'; expected <section>.<name> with section one of: {valid}")
+    names = [f.name for f in dataclasses.fields(sections[section].default_factory())]
+    if name not in names:
+        raise MedxpError(f"{origin}: unknown key '{dotted}'; valid keys in '{section}': {', '.join(names)}")
+    return dotted
+
+
+def projects_dir() -> Path:
+    """The folder holding one sub-folder per dataset project."""
+    if os.environ.get(PROJECTS_DIR_ENV):
+        return Path(os.environ[PROJECTS_DIR_ENV])
+    beside_package = Path(__file__).resolve().parents[2] / "projects"
+    if beside_package.is_dir():
+        return beside_package
+    return Path.cwd() / "projects"
+
+
+def project_names() -> list[str]:
+    """Datasets that have a `project.yaml`."""
+    root = projects_dir()
+    return sorted(p.parent.name for p in root.glob("*/project.yaml")) if root.is_dir() else []
+
+
+def project_file(dataset: str) -> Path:
+    """Path of `projects/<dataset>/project.yaml`; an unknown dataset lists the valid names."""
+    path = projects_dir() / dataset / "project.yaml"
+    if not path.is_file():
+        valid = ", ".join(project_names()) or f"(none found under {projects_dir()})"
+        raise MedxpError(f"unknown dataset '{dataset}': no {path}; valid: {valid}")
+    return path
+
+
+def load(path: str | Path, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """Reads a project file, applies overrides, validates.
+
+    Args:
+        path: A project YAML file.
+        overrides: Dotted or short keys to values; strings are parsed as YAML scalars.
+
+    Returns:
+        The frozen, validated config.
+
+    Raises:
+        MedxpError: unreadable file, unknown key or bad value (the message names file and key).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise MedxpError(f"{path}: cannot read project file ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise MedxpError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(raw, dict):
+        raise MedxpError(f"{path}: expected a mapping of sections at the top level")
+    config = _build(raw, str(path), source=str(path))
+    if overrides:
+        config = config.replace({k: _parse_scalar(v) for k, v in overrides.items()}, "overrides")
+    return config
+
+
+def load_project(dataset: str, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """`load(project_file(dataset), overrides)`."""
+    return load(project_file(dataset), overrides)
+
+
+def resolve_data_dir(config: ExperimentConfig) -> Path:
+    """`data.data_dir`, else `$MEDXP_DATA_DIR/<dataset>`, else `./data/<dataset>`."""
+    if config.data.data_dir:
+        return Path(config.data.data_dir).expanduser()
+    base = os.environ.get(DATA_DIR_ENV) or "data"
+    return Path(base).expanduser() / config.dataset.name
+
+
+def _parse_scalar(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        return value
+
+
+def _build(raw: Mapping[str, Any], origin: str, source: str) -> ExperimentConfig:
+    sections: dict[str, Any] = {}
+    hints = typing.get_type_hints(ExperimentConfig)
+    for section, values in raw.items():
+        if section not in hints or section == "source":
+            valid = ", ".join(name for name in hints if name != "source")
+            raise MedxpError(f"{origin}: unknown section '{section}'; valid sections: {valid}")
+        if not isinstance(values, Mapping):
+            raise MedxpError(f"{origin}: section '{section}' must be a mapping of keys to values")
+        sections[section] = _build_section(hints[section], section, values, origin)
+    config = ExperimentConfig(**sections, source=source)
+    _validate(config, origin)
+    return config
+
+
+def _build_section(cls: type, section: str, values: Mapping[str, Any], origin: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        resolve_key(f"{section}.{name}", origin)
+        kwargs[name] = _coerce(value, hints[name], f"{section}.{name}", origin)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
+    """Checks `value` against the field type, converting where it is unambiguous."""
+    origin_type = typing.get_origin(hint)
+    if origin_type is tuple:
+        item_type = typing.get_args(hint)[0]
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(item, item_type, key, origin) for item in items)
+    if origin_type in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, key, origin)
+            except MedxpError:
+                continue
+        raise MedxpError(f"{origin}: '{key}' = {value!r}: expected {hint}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise MedxpError(f"{origin}: '{key}' = {value!r}: expected true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise MedxpError(f"{origin}: '{key}' = {value!r}: expected an integer")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise MedxpError(f"{origin}: '{key}' = {value!r}: expected a number")
+    if hint is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise MedxpError(f"{origin}: '{key}' = {value!r}: expected a string")
+    return value
+
+
+def _validate(config: ExperimentConfig, origin: str) -> None:
+    flat = config.to_flat_dict()
+    for key, choices in _CHOICES.items():
+        if flat[key] not in choices:
+            raise MedxpError(f"{origin}: '{key}' = {flat[key]!r}: expected one of {', '.join(choices)}")
+    positive = ["dataset.image_size", "dataset.channels", "train.batch_size", "train.epochs", "train.lr",
+                "data.demo_images_per_class", "data.demo_folds", "data.demo_image_size", "eval.bootstrap_resamples"]
+    for key in positive:
+        if flat[key] <= 0:
+            raise MedxpError(f"{origin}: '{key}' = {flat[key]!r}: expected a positive value")
+    checks = [
+        ("dataset.class_names", len(config.dataset.class_names) >= 2, "at least two class names"),
+        ("dataset.mean", len(config.dataset.mean) == config.dataset.channels, "one value per channel"),
+        ("dataset.std", len(config.dataset.std) == config.dataset.channels, "one value per channel"),
+        ("data.fold", config.data.fold >= 0, "a fold index >= 0"),
+        ("train.patience", config.train.patience >= 0, "a patience >= 0"),
+        ("model.dropout", 0 <= config.model.dropout < 1, "a probability in [0, 1)"),
+        ("model.head_dropout", 0 <= config.model.head_dropout < 1, "a probability in [0, 1)"),
+        ("eval.confidence", 0 < config.eval.confidence < 1, "a level in (0, 1)"),
+    ]
+    if config.dataset.positive_class:
+        checks.append(("dataset.positive_class", config.dataset.positive_class in config.dataset.class_names,
+                       "one of dataset.class_names"))
+    for key, ok, expected in checks:
+        if not ok:
+            raise MedxpError(f"{origin}: '{key}' = {flat[key]!r}: expected {expected}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,100 @@
+"""The one orchestrator: data -> model -> training -> evaluation -> tracking.
+
+The CLI, the MLproject entry points and every search trial call `run_experiment`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from medxp.config import ExperimentConfig
+from medxp.data import DataModule, create_datamodule
+from medxp.models import InferenceModel, create_model
+from medxp.tracking.base import Tracker
+from medxp.tracking.records import EpochLogger, record_context, record_evaluation, record_fit
+from medxp.training.evaluate import Evaluation, evaluate_model
+from medxp.training.trainer import FitResult, Trainer, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExperimentResult:
+    """What a run produced; `objective` is the validation value of the primary metric."""
+
+    objective: float
+    evaluations: dict[str, Evaluation]
+    fit: FitResult
+    model: nn.Module
+    data: DataModule
+    model_uri: str | None
+
+
+def run_experiment(config: ExperimentConfig, tracker: Tracker, callbacks: Sequence[Any] = (),
+                   log_model: bool = True, progress: bool = True) -> ExperimentResult:
+    """Trains and evaluates one configuration, logging everything through `tracker`.
+
+    Args:
+        config: The resolved experiment config.
+        tracker: Where params, curves, evaluations and the model go.
+        callbacks: Extra trainer callbacks (a search trial's reporter).
+        log_model: Store the trained model with the tracker.
+        progress: Show progress bars.
+
+    Returns:
+        The result, whose `objective` is `val_<eval.primary_metric>` of the restored best weights.
+    """
+    seed_everything(config.train.seed)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    data = create_datamodule(config)
+    record_context(tracker, config, data)
+    model = create_model(config.model, config.dataset)
+    trainer = Trainer(config.train, callbacks=[EpochLogger(tracker), *callbacks],
+                      channels_last=config.model.channels_last, progress=progress)
+    fit = trainer.fit(model, data)
+    record_fit(tracker, fit)
+    evaluations = {}
+    for split in ("valid", "test"):
+        evaluations[split] = evaluate_model(model, data.loader(split, 128), split, data.class_names, config.eval,
+                                            trainer.device, config.model.channels_last)
+        record_evaluation(tracker, evaluations[split])
+    model_uri = tracker.log_model(inference_model(model, config), example_batch(data)) if log_model else None
+    objective = evaluations["valid"].metrics[config.eval.primary_metric]
+    log.info("test %s = %.4f", config.eval.primary_metric, evaluations["test"].metrics[config.eval.primary_metric])
+    return ExperimentResult(objective, evaluations, fit, model, data, model_uri)
+
+
+def inference_model(model: nn.Module, config: ExperimentConfig) -> InferenceModel:
+    """The trained network wrapped to take [0, 1] pixels and return probabilities."""
+    return InferenceModel(model.cpu().eval(), config.dataset.mean, config.dataset.std).eval()
+
+
+def example_batch(data: DataModule, size: int = 2) -> Any:
+    """A few validation images as [0, 1] float32 numpy, the logged model's input example."""
+    return (data.datasets["valid"].images[:size].float() / 255.0).numpy()
+
+
+def evaluate_logged_model(config: ExperimentConfig, model_uri: str, tracker: Tracker,
+                          split: str = "test") -> Evaluation:
+    """Scores a logged or registered medxp model (pixels in, probabilities out) on one split."""
+    import mlflow
+
+    from medxp.training.evaluate import evaluate_predictions
+
+    data = create_datamodule(config)
+    record_context(tracker, config, data)
+    tracker.set_tags({"evaluated_model": model_uri})
+    model = mlflow.pytorch.load_model(model_uri, map_location="cpu").eval()
+    images = data.datasets[split].images
+    with torch.no_grad():
+        y_prob = torch.cat([model(batch.float() / 255.0) for batch in images.split(256)]).numpy()
+    evaluation = evaluate_predictions(split, data.datasets[split].labels.numpy(), y_prob, data.class_names,
+                                      config.eval)
+    record_evaluation(tracker, evaluation)
+    return evaluation

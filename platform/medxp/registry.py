@@ -1,0 +1,50 @@
+"""String-keyed registries filled by decorators; a miss names every valid choice."""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, Iterator, TypeVar
+
+from medxp.errors import MedxpError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named table of factories (models, data sources, demo generators, ...).
+
+    Args:
+        kind: What the registry holds, used in error messages ("model", "data layout").
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator that files the decorated object under `name`."""
+
+        def add(entry: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            self._entries[name] = entry
+            return entry
+
+        return add
+
+    def get(self, name: str) -> T:
+        """Returns the entry for `name`, or raises MedxpError listing the valid names."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            valid = ", ".join(sorted(self._entries)) or "(none registered)"
+            raise MedxpError(f"unknown {self.kind} '{name}'; valid: {valid}") from None
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

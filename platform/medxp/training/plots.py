@@ -1,0 +1,240 @@
+"""Figures of a run's results: confusion matrix, learning curves, ROC curves.
+
+Each function returns a :class:`matplotlib.figure.Figure` and saves nothing;
+callers write it (``figure.savefig(path)``) or log it (``mlflow.log_figure``).
+Figures are built with the object-oriented API, not ``pyplot``: they need no
+display, never switch the process's backend, and are freed like any object
+instead of piling up in pyplot's list of open figures during a long search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import auc, roc_curve
+
+from medxp.errors import MedxpError
+
+# Keys that are not curves: epoch counters, and the learning rate, whose scale would flatten the metrics.
+_NOT_CURVES = frozenset({"epoch", "best_epoch", "step", "lr", "learning_rate"})
+
+
+def confusion_matrix_figure(
+    matrix: Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    *,
+    title: str = "Confusion matrix",
+    normalize: bool = False,
+) -> Figure:
+    """Draws a confusion matrix with counts and row percentages in every cell.
+
+    Args:
+        matrix: Square counts, rows = true class, columns = predicted class
+            (the ``"matrix"`` of :func:`medxp.training.metrics.confusion`).
+        class_names: Names of the classes, in the matrix's order.
+        title: Title above the matrix.
+        normalize: Colour the cells by row fraction (the recall of each true class)
+            and show the percentage first; otherwise colour by count.
+
+    Returns:
+        The figure: the matrix axes and a colour bar.
+
+    Raises:
+        MedxpError: If the matrix is not square or does not match ``class_names``.
+    """
+    counts = _checked_matrix(matrix, class_names)
+    row_fractions = _row_fractions(counts)
+    n_classes = len(class_names)
+    side = max(4.5, 0.75 * n_classes + 2.5)
+    figure = Figure(figsize=(side + 1.0, side), layout="constrained")
+    axes = figure.add_subplot()
+    colour_values = row_fractions if normalize else counts
+    colour_max = 1 if normalize else max(counts.max(), 1)
+    image = axes.imshow(colour_values, cmap="Blues", vmin=0, vmax=colour_max)
+    figure.colorbar(image, ax=axes, label="fraction of true class" if normalize else "cases")
+    _annotate_cells(axes, counts, row_fractions, colour_values / colour_max, normalize)
+    _label_confusion_axes(axes, class_names)
+    axes.set_title(title)
+    return figure
+
+
+def curves_figure(history: Sequence[Mapping[str, float]], *, best_epoch: int | None = None) -> Figure:
+    """Draws learning curves: losses on the left, every other metric on the right.
+
+    Args:
+        history: One mapping per epoch, e.g. ``{"epoch": 1, "train_loss": 0.7,
+            "val_loss": 0.6, "train_accuracy": 0.5, "val_accuracy": 0.6,
+            "val_f1_macro": 0.55}``. Keys ending in ``loss`` go to the left panel.
+            A key may be missing from some epochs (e.g. validation every few
+            epochs); its curve skips them. Without ``"epoch"`` the x axis counts 1, 2, ...
+            The learning rate (``lr``, ``learning_rate``) is left out: its scale
+            would flatten the metric curves.
+        best_epoch: Epoch to mark with a dashed vertical line on both panels.
+
+    Returns:
+        The figure, with two axes (losses, metrics). An empty history gives empty
+        panels that say so rather than an error, so a failed run can still log it.
+    """
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    loss_axes, metric_axes = figure.subplots(1, 2)
+    epochs = [float(record.get("epoch", position + 1)) for position, record in enumerate(history)]
+    series_names = _series_names(history)
+    loss_names = [name for name in series_names if name.endswith("loss")]
+    metric_names = [name for name in series_names if not name.endswith("loss")]
+    loss_axes.set(title="Loss", xlabel="epoch", ylabel="loss")
+    metric_axes.set(title="Metrics", xlabel="epoch", ylabel="value")
+    for axes, names in ((loss_axes, loss_names), (metric_axes, metric_names)):
+        plotted = _plot_series(axes, history, epochs, names)
+        if best_epoch is not None:
+            axes.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best epoch ({best_epoch})")
+        _finish_panel(axes, plotted)
+    return figure
+
+
+def roc_figure(y_true: np.ndarray, y_prob: np.ndarray, class_names: Sequence[str]) -> Figure:
+    """Draws ROC curves with their AUC in the legend.
+
+    Binary tasks get one curve, for class 1 (the positive class) against class 0.
+    Multi-class tasks get one one-vs-rest curve per class; a class with no case
+    in ``y_true`` (or present in every case) has no curve and is named in the legend.
+
+    Args:
+        y_true: Integer labels, shape ``(N,)``.
+        y_prob: Class probabilities, shape ``(N, C)``.
+        class_names: The ``C`` class names.
+
+    Returns:
+        The figure, with one axes.
+
+    Raises:
+        MedxpError: If ``y_prob`` is not ``(N, C)`` for ``N`` labels and ``C`` class names.
+    """
+    y_true = np.asarray(y_true).astype(int)
+    y_prob = np.asarray(y_prob, dtype=float)
+    if y_prob.shape != (len(y_true), len(class_names)):
+        raise MedxpError(
+            f"y_prob: expected shape {(len(y_true), len(class_names))} for {len(y_true)} labels "
+            f"and {len(class_names)} class names, got {y_prob.shape}"
+        )
+    figure = Figure(figsize=(5.5, 5.2), layout="constrained")
+    axes = figure.add_subplot()
+    if len(class_names) == 2:
+        _plot_roc_curve(axes, y_true == 1, y_prob[:, 1], f"{class_names[1]} vs {class_names[0]}")
+    else:
+        for label, name in enumerate(class_names):
+            _plot_roc_curve(axes, y_true == label, y_prob[:, label], f"{name} vs rest")
+    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+    axes.set(title="ROC", xlabel="false positive rate (1 - specificity)",
+             ylabel="true positive rate (sensitivity)", xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
+    axes.legend(loc="lower right", fontsize="small")
+    return figure
+
+
+# ---------------------------------------------------------------- confusion matrix helpers
+
+
+def _checked_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> np.ndarray:
+    counts = np.asarray(matrix)
+    n_classes = len(class_names)
+    if counts.shape != (n_classes, n_classes):
+        raise MedxpError(
+            f"confusion matrix: expected shape ({n_classes}, {n_classes}) for class names "
+            f"{list(class_names)}, got {counts.shape}"
+        )
+    return counts
+
+
+def _row_fractions(counts: np.ndarray) -> np.ndarray:
+    """Each cell as a fraction of its row (true class); 0 for an empty row."""
+    row_totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, row_totals, out=np.zeros(counts.shape), where=row_totals > 0)
+
+
+def _annotate_cells(
+    axes: Axes, counts: np.ndarray, row_fractions: np.ndarray, shade: np.ndarray, normalize: bool
+) -> None:
+    """Writes the count and row percentage in each cell, white on dark cells."""
+    n_classes = counts.shape[0]
+    font_size = 11 if n_classes <= 4 else 9 if n_classes <= 7 else 7.5
+    for true_label in range(n_classes):
+        for predicted_label in range(n_classes):
+            count = counts[true_label, predicted_label]
+            percent = f"{100 * row_fractions[true_label, predicted_label]:.1f}%"
+            text = f"{percent}\n({count})" if normalize else f"{count}\n({percent})"
+            colour = "white" if shade[true_label, predicted_label] > 0.55 else "black"
+            axes.text(predicted_label, true_label, text, ha="center", va="center",
+                      color=colour, fontsize=font_size)
+
+
+def _label_confusion_axes(axes: Axes, class_names: Sequence[str]) -> None:
+    positions = np.arange(len(class_names))
+    longest_name = max(len(str(name)) for name in class_names)
+    rotate = len(class_names) > 4 or longest_name > 8
+    axes.set_xticks(positions, [str(name) for name in class_names],
+                    rotation=40 if rotate else 0, ha="right" if rotate else "center")
+    axes.set_yticks(positions, [str(name) for name in class_names])
+    axes.set_xlabel("Predicted")
+    axes.set_ylabel("True")
+
+
+# ---------------------------------------------------------------- learning curve helpers
+
+
+def _series_names(history: Sequence[Mapping[str, float]]) -> list[str]:
+    """Numeric keys that are curves, in first-seen order."""
+    names: dict[str, None] = {}
+    for record in history:
+        for key, value in record.items():
+            if key not in _NOT_CURVES and isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+                names[key] = None
+    return list(names)
+
+
+def _plot_series(axes: Axes, history: Sequence[Mapping[str, float]], epochs: list[float], names: list[str]) -> int:
+    """Plots each named series against the epochs; returns how many had a value to plot."""
+    plotted = 0
+    marker = "o" if len(epochs) <= 30 else None
+    # One colour per measured quantity, solid for train and dashed for validation,
+    # so train_accuracy and val_accuracy read as a pair.
+    quantities = list(dict.fromkeys(_quantity(name) for name in names))
+    for name in names:
+        values = [float(record.get(name, np.nan)) for record in history]
+        defined = [(epoch, value) for epoch, value in zip(epochs, values) if not np.isnan(value)]
+        if not defined:
+            continue
+        axes.plot(*zip(*defined), marker=marker, markersize=3, label=name,
+                  color=f"C{quantities.index(_quantity(name)) % 10}",
+                  linestyle="--" if name.startswith("val") else "-")
+        plotted += 1
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return plotted
+
+
+def _quantity(series_name: str) -> str:
+    """What a series measures, without its split: ``val_f1_macro`` -> ``f1_macro``."""
+    return series_name.removeprefix("train_").removeprefix("val_")
+
+
+def _finish_panel(axes: Axes, plotted: int) -> None:
+    axes.grid(alpha=0.3)
+    if axes.lines:
+        axes.legend(fontsize="small")
+    if not plotted:
+        axes.text(0.5, 0.5, "no values recorded", ha="center", va="center", transform=axes.transAxes)
+
+
+# ---------------------------------------------------------------- ROC helpers
+
+
+def _plot_roc_curve(axes: Axes, is_positive: np.ndarray, scores: np.ndarray, label: str) -> None:
+    """One ROC curve; a legend entry without a curve when both outcomes are not present."""
+    if is_positive.all() or not is_positive.any():
+        axes.plot([], [], linestyle="none", label=f"{label} (no curve: one outcome only)")
+        return
+    false_positive_rate, true_positive_rate, _ = roc_curve(is_positive, scores)
+    area = auc(false_positive_rate, true_positive_rate)
+    axes.plot(false_positive_rate, true_positive_rate, linewidth=1.5, label=f"{label} (AUC = {area:.3f})")
