@@ -66,6 +66,7 @@ class ModelConfig:
     dropout: float = 0.1
     head_dropout: float = 0.3
     pretrained: bool = False
+    unfrozen_layers: int = -1
     channels_last: bool = True
 
 
@@ -148,6 +149,7 @@ SHORT_KEYS = {
     "patience": "train.patience",
     "seed": "train.seed",
     "dropout": "model.dropout",
+    "unfrozen_layers": "model.unfrozen_layers",
 }
 
 _CHOICES = {
@@ -326,6 +328,7 @@ def _validate(config: ExperimentConfig, origin: str) -> None:
         ("train.patience", config.train.patience >= 0, "a patience >= 0"),
         ("model.dropout", 0 <= config.model.dropout < 1, "a probability in [0, 1)"),
         ("model.head_dropout", 0 <= config.model.head_dropout < 1, "a probability in [0, 1)"),
+        ("model.unfrozen_layers", config.model.unfrozen_layers >= -1, "-1 (all), 0 (head only) or a layer count"),
         ("eval.confidence", 0 < config.eval.confidence < 1, "a level in (0, 1)"),
     ]
     if config.dataset.positive_class:

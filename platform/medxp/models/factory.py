@@ -22,9 +22,40 @@ def create_model(model: ModelConfig, spec: DatasetSpec) -> nn.Module:
     """
     _register_builtins()
     network = MODELS.get(model.name)(model, spec)
+    freeze_backbone(network, model.unfrozen_layers)
     if model.channels_last:
         network = network.to(memory_format=torch.channels_last)
     return network
+
+
+def freeze_backbone(network: nn.Module, unfrozen_layers: int) -> None:
+    """Leaves only the classifier head and the last `unfrozen_layers` backbone layers trainable.
+
+    A layer is a module holding weights of its own (conv, linear, ...); batch-norm layers
+    are not counted and stay frozen whenever the backbone is partly frozen, as in the
+    glaucoma study's fine-tuning. -1 trains everything; 0 trains the head only.
+    """
+    if unfrozen_layers < 0:
+        return
+    head = _head_modules(network)
+    head_params = {id(p) for module in head for p in module.parameters()}
+    layers = [m for m in network.modules() if _owns_weights(m) and not any(p in head_params for p in map(id, m.parameters(recurse=False)))]
+    trainable = set(map(id, layers[len(layers) - unfrozen_layers:])) if unfrozen_layers else set()
+    for module in network.modules():
+        for param in module.parameters(recurse=False):
+            param.requires_grad = id(param) in head_params or id(module) in trainable
+
+
+def _owns_weights(module: nn.Module) -> bool:
+    has_weights = any(True for _ in module.parameters(recurse=False))
+    return has_weights and not isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+def _head_modules(network: nn.Module) -> list[nn.Module]:
+    """The classifier: timm's `get_classifier()`, or a `head` attribute."""
+    if hasattr(network, "get_classifier"):
+        return [network.get_classifier()]
+    return [network.head] if hasattr(network, "head") else []
 
 
 def model_names() -> list[str]:
