@@ -148,6 +148,8 @@ class Trainer:
 
     def _validate(self, loader, class_names: Sequence[str]) -> dict[str, float]:
         y_true, y_prob, loss = predict(self.model, loader, self.device, self.channels_last, self.loss_fn)
+        if not np.isfinite(y_prob).all():
+            raise FloatingPointError("the model's validation outputs are NaN or infinite; lower the learning rate")
         scores = classification_metrics(y_true, y_prob, class_names)
         return {"val_loss": loss, "val_accuracy": scores["accuracy"], "val_f1_macro": scores["f1_macro"],
                 "val_roc_auc": scores["roc_auc"]}

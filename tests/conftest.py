@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny generated demo data and an MLflow store in tmp_path, never the user's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from medxp.config import ExperimentConfig, load_project
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Shrinks the real glaucoma project to seconds: few images, 3 folds, 32 px.
+TINY = {
+    "data.demo_images_per_class": 24,
+    "data.demo_folds": 3,
+    "data.demo_image_size": 48,
+    "dataset.image_size": 32,
+    "model.channels": [8, 16],
+    "train.epochs": 2,
+    "train.batch_size": 16,
+    "eval.bootstrap_resamples": 100,
+}
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """One tiny generated demo set shared by the session's tests (generation is deterministic)."""
+    from medxp.data.synthetic import generate_fundus_demo
+
+    root = tmp_path_factory.mktemp("demo") / "glaucoma"
+    generate_fundus_demo(root, images_per_class=TINY["data.demo_images_per_class"],
+                         folds=TINY["data.demo_folds"], image_size=TINY["data.demo_image_size"])
+    return root
+
+
+@pytest.fixture
+def tiny_config(demo_root) -> ExperimentConfig:
+    """The glaucoma project, shrunk, reading the shared tiny demo set."""
+    return load_project("glaucoma", {**TINY, "data.data_dir": str(demo_root)})
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> str:
+    """A fresh SQLite tracking store in tmp_path, for this process and its children."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()

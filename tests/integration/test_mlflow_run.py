@@ -1,0 +1,49 @@
+"""End to end: `mlflow run . --env-manager local` on a tiny demo set, checked in the tracking store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_mlflow_run_trains_tracks_and_logs_a_loadable_model(tmp_path, mlflow_store):
+    mlflow_cli = Path(sys.executable).parent / "mlflow"
+    overrides = ("data.demo_images_per_class=24 data.demo_folds=3 data.demo_image_size=48 "
+                 "dataset.image_size=32 model.channels=[8,16] eval.bootstrap_resamples=100")
+    command = [str(mlflow_cli), "run", str(REPO), "--env-manager", "local", "--experiment-name", "glaucoma",
+               "-P", "dataset=glaucoma", "-P", f"data_dir={tmp_path / 'data'}", "-P", "epochs=3",
+               "-P", f"overrides={overrides}"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "SYNTHETIC demo data" in done.stdout
+
+    [run] = mlflow.search_runs(experiment_names=["glaucoma"], output_format="list")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["data.synthetic"] == "true" and run.data.tags["dataset"] == "glaucoma"
+    assert run.data.params["train.epochs"] == "3"
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    for key in ("test_accuracy", "test_roc_auc", "test_f1_macro", "test_sensitivity", "test_specificity"):
+        assert 0.0 <= run.data.metrics[key] <= 1.0
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert "evaluation/test_confusion_matrix.png" in artifacts
+
+    [logged] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert logged.source_run_id == run.info.run_id
+    model = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
+    for batch in (1, 7):
+        probabilities = np.asarray(model.predict(np.random.rand(batch, 3, 32, 32).astype(np.float32)))
+        assert probabilities.shape == (batch, 2)
+        np.testing.assert_allclose(probabilities.sum(1), 1.0, rtol=1e-5)

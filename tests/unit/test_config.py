@@ -1,0 +1,83 @@
+"""Config loading: defaults, project overrides, command-line overrides, and errors that name file and key."""
+
+from __future__ import annotations
+
+import pytest
+
+from medxp.config import ExperimentConfig, load, load_project, project_names
+from medxp.errors import MedxpError
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "project.yaml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = "dataset: {name: toy, class_names: [a, b]}\n"
+
+
+def test_project_file_overrides_only_what_it_names(tmp_path):
+    config = load(write(tmp_path, MINIMAL + "train: {lr: 0.01}\n"))
+    assert config.train.lr == 0.01
+    assert config.train.batch_size == ExperimentConfig().train.batch_size
+    assert config.dataset.class_names == ("a", "b")
+
+
+def test_glaucoma_project_loads_with_its_contract():
+    config = load_project("glaucoma")
+    assert config.dataset.class_names == ("normal", "abnormal")
+    assert config.dataset.positive_class == "abnormal"
+    assert "glaucoma" in project_names()
+
+
+def test_short_and_dotted_overrides_are_parsed_and_typed():
+    config = load_project("glaucoma", {"lr": "0.05", "train.batch_size": "8", "model": "resnet18",
+                                       "model.channels": "[4, 8]", "data.augment": "false"})
+    assert (config.train.lr, config.train.batch_size, config.model.name) == (0.05, 8, "resnet18")
+    assert config.model.channels == (4, 8) and config.data.augment is False
+
+
+def test_flat_dict_holds_every_resolved_key():
+    flat = load_project("glaucoma").to_flat_dict()
+    assert flat["dataset.name"] == "glaucoma" and "train.seed" in flat and "eval.primary_metric" in flat
+
+
+@pytest.mark.parametrize("text, words", [
+    ("dataset: {name: toy, class_names: [a, b], colour: red}\n", ["project.yaml", "dataset.colour"]),
+    (MINIMAL + "trian: {lr: 0.1}\n", ["project.yaml", "trian"]),
+    (MINIMAL + "train: {lr: fast}\n", ["project.yaml", "train.lr", "number"]),
+    (MINIMAL + "train: {epochs: 2.5}\n", ["train.epochs", "integer"]),
+    (MINIMAL + "train: {optimizer: lbfgs}\n", ["train.optimizer", "adam"]),
+    (MINIMAL + "train: {batch_size: 0}\n", ["train.batch_size", "positive"]),
+    ("dataset: {name: toy, class_names: [a]}\n", ["dataset.class_names", "two"]),
+    (MINIMAL + "model: {dropout: 1.5}\n", ["model.dropout"]),
+    ("- just\n- a list\n", ["project.yaml", "mapping"]),
+    ("dataset: {name: [unclosed\n", ["project.yaml", "YAML"]),
+])
+def test_bad_project_files_name_the_file_and_key(tmp_path, text, words):
+    with pytest.raises(MedxpError) as error:
+        load(write(tmp_path, text))
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_unknown_override_key_lists_valid_keys():
+    with pytest.raises(MedxpError, match=r"unknown key 'train.lrate'.*lr"):
+        load_project("glaucoma", {"train.lrate": "0.1"})
+
+
+def test_unknown_dataset_lists_valid_names():
+    with pytest.raises(MedxpError, match=r"unknown dataset 'glaucomma'.*glaucoma"):
+        load_project("glaucomma")
+
+
+def test_missing_project_file_is_named(tmp_path):
+    with pytest.raises(MedxpError, match="nothere.yaml"):
+        load(tmp_path / "nothere.yaml")
+
+
+def test_config_is_frozen():
+    config = load_project("glaucoma")
+    with pytest.raises(AttributeError):
+        config.train.lr = 1.0
