@@ -30,19 +30,48 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medxp", description="medxp: medical imaging experiments tracked in MLflow")
     verbs = parser.add_subparsers(dest="verb", required=True)
-    for verb, help_text in (("train", "train and evaluate one configuration"),
-                            ("main", "the default MLproject entry point (train + evaluate)")):
-        sub = verbs.add_parser(verb, help=help_text)
-        _add_config_arguments(sub)
-        sub.set_defaults(handler=_train)
+    main_verb = verbs.add_parser("main", help="search, evaluate the best model, explain it with LIME, register it")
+    _add_config_arguments(main_verb)
+    _add_search_arguments(main_verb)
+    main_verb.add_argument("--explain-samples", type=int, default=1000, help="LIME perturbations per image")
+    main_verb.set_defaults(handler=_main)
+    train = verbs.add_parser("train", help="train and evaluate one configuration")
+    _add_config_arguments(train)
+    train.set_defaults(handler=_train)
+    search = verbs.add_parser("search", help="hyper-parameter search (Optuna on Ray Tune), one MLflow run per trial")
+    _add_config_arguments(search)
+    _add_search_arguments(search)
+    search.set_defaults(handler=_search)
     evaluate = verbs.add_parser("evaluate", help="evaluate a logged or registered model on a dataset's test split")
     _add_config_arguments(evaluate)
-    evaluate.add_argument("--model-uri", required=True, help="models:/m-..., models:/<name>@champion, runs:/...")
+    _add_model_uri_argument(evaluate)
     evaluate.add_argument("--split", default="test", choices=("valid", "test"))
     evaluate.set_defaults(handler=_evaluate)
+    explain = verbs.add_parser("explain", help="LIME explanations of a logged or registered model")
+    _add_config_arguments(explain)
+    _add_model_uri_argument(explain)
+    explain.add_argument("--per-class", type=int, default=2, help="images per class to explain")
+    explain.add_argument("--samples", type=int, default=1000, help="LIME perturbations per image")
+    explain.set_defaults(handler=_explain)
+    promote = verbs.add_parser("promote", help="move the registry alias 'champion' to a better version")
+    _add_config_arguments(promote)
+    promote.add_argument("--version", default="", help="candidate version (default: the latest)")
+    promote.add_argument("--force", nargs="?", const="true", default="false", choices=("true", "false"),
+                         help="promote even if not better (recorded on the version)")
+    promote.add_argument("--note", default="", help="why, recorded on the version")
+    promote.set_defaults(handler=_promote)
     listing = verbs.add_parser("list", help="list datasets and models")
     listing.set_defaults(handler=_list)
     return parser
+
+
+def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", default="", help="search (Optuna study) name; an existing one is resumed")
+
+
+def _add_model_uri_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-uri", default="",
+                        help="models:/m-..., models:/<name>@champion (default: the dataset's champion)")
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,14 +112,91 @@ def _train(args: argparse.Namespace) -> None:
           f"({'SYNTHETIC demo data' if result.data.synthetic else result.data.root}); model {result.model_uri}")
 
 
+def _main(args: argparse.Namespace) -> None:
+    from medxp.tracking.mlflow_tracker import MlflowTracker
+    from medxp.workflow import search_explain_register
+
+    config = load_config(args)
+    with MlflowTracker.start(config.dataset.name, run_name=f"main-{config.dataset.name}",
+                             tags={"medxp.kind": "search"}) as tracker:
+        result = search_explain_register(config, tracker, search_name=args.name or None,
+                                         explain_samples=args.explain_samples)
+    search = result.search
+    share = (f"; LIME positive weight inside the optic disc {result.disc_weight_share:.2f} "
+             f"(disc area {result.disc_area_share:.2f})" if result.disc_weight_share is not None else "")
+    print(f"search {search.study_name}: {search.state_counts}; best trial {search.best_trial_number} "
+          f"(val {search.best_value:.4f}); test accuracy {result.test_metrics['accuracy']:.4f}; registered "
+          f"{result.registered_name} version {result.registered_version}{share}. "
+          f"Next: medxp promote --dataset {config.dataset.name}")
+
+
+def _search(args: argparse.Namespace) -> None:
+    from medxp.search import run_search
+    from medxp.tracking.mlflow_tracker import MlflowTracker
+
+    config = load_config(args)
+    with MlflowTracker.start(config.dataset.name, run_name=f"search-{config.dataset.name}",
+                             tags={"medxp.kind": "search"}) as tracker:
+        result = run_search(config, search_name=args.name or None, parent_tracker=tracker)
+    print(f"search {result.study_name}: {result.state_counts}; best trial {result.best_trial_number} "
+          f"value {result.best_value}; model {result.best_model_uri}")
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from medxp.pipeline import evaluate_logged_model
     from medxp.tracking.mlflow_tracker import MlflowTracker
 
     config = load_config(args)
+    model_uri = _model_uri(args, config)
     with MlflowTracker.start(config.dataset.name, run_name=f"evaluate-{config.dataset.name}") as tracker:
-        evaluation = evaluate_logged_model(config, args.model_uri, tracker, split=args.split)
-    print(evaluation.report)
+        evaluation = evaluate_logged_model(config, model_uri, tracker, split=args.split)
+    print(f"{model_uri} on {args.split}:\n{evaluation.report}")
+
+
+def _explain(args: argparse.Namespace) -> None:
+    import mlflow
+
+    from medxp.data import create_datamodule
+    from medxp.explain import explain_model
+    from medxp.tracking.mlflow_tracker import MlflowTracker
+    from medxp.tracking.records import record_context
+
+    config = load_config(args)
+    model_uri = _model_uri(args, config)
+    with MlflowTracker.start(config.dataset.name, run_name=f"explain-{config.dataset.name}") as tracker:
+        data = create_datamodule(config)
+        record_context(tracker, config, data)
+        tracker.set_tags({"explained_model": model_uri})
+        model = mlflow.pytorch.load_model(model_uri, map_location="cpu").eval()
+        summary = explain_model(model, data, config, tracker, per_class=args.per_class, num_samples=args.samples)
+    print(f"explained {len(summary.records)} image/method pairs of {model_uri}: {', '.join(summary.artifacts)}")
+
+
+def _promote(args: argparse.Namespace) -> None:
+    from medxp.promotion import promote
+
+    config = load_config(args)
+    decision = promote(config.dataset.name, version=args.version or None, synthetic=_synthetic(config),
+                       force=args.force == "true", primary_metric=config.eval.primary_metric, note=args.note)
+    print(decision.reason)
+
+
+def _model_uri(args: argparse.Namespace, config) -> str:
+    """The given --model-uri, else the dataset's champion (the -demo one for generated data)."""
+    from medxp.promotion import champion_uri
+
+    return args.model_uri or champion_uri(config.dataset.name, _synthetic(config))
+
+
+def _synthetic(config) -> bool:
+    """Whether the project's data folder holds generated demo data (then models are `-demo`)."""
+    from medxp.config import resolve_data_dir
+    from medxp.data.synthetic import is_generated
+
+    root = resolve_data_dir(config)
+    if not root.exists():
+        return config.data.demo != "never" and bool(config.dataset.demo)
+    return is_generated(root)
 
 
 def _list(args: argparse.Namespace) -> None:

@@ -97,6 +97,31 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """How a hyper-parameter search runs: its space, budget, scheduler, sampler and resources.
+
+    Each trial trains with `train.epochs = max_epochs` (ASHA's `max_t`); ASHA may stop it
+    at a rung (`grace_period * reduction_factor**k` epochs) when it trails the others.
+    """
+
+    name: str = ""
+    space: str = ""
+    n_trials: int = 10
+    max_concurrent: int = 2
+    timeout: float = 0.0
+    max_epochs: int = 0
+    grace_period: int = 2
+    reduction_factor: float = 2.0
+    sampler: str = "tpe"
+    startup_trials: int = 4
+    seed: int = 42
+    storage: str = ""
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    ray_cpus: int = 0
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """Everything one run needs; `source` is the project file it came from."""
 
@@ -105,6 +130,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     source: str = ""
 
     def to_flat_dict(self) -> dict[str, Any]:
@@ -155,10 +181,11 @@ SHORT_KEYS = {
 _CHOICES = {
     "dataset.layout": ("folds",),
     "data.demo": ("auto", "never", "always"),
-    "train.optimizer": ("adam", "adamw", "sgd"),
+    "train.optimizer": ("adam", "adamw", "sgd", "adadelta", "adagrad", "rmsprop"),
     "train.monitor": ("val_loss", "val_accuracy", "val_f1_macro", "val_roc_auc"),
     "train.device": ("auto", "cpu", "cuda"),
     "eval.primary_metric": ("accuracy", "f1_macro", "f1_weighted", "roc_auc"),
+    "search.sampler": ("tpe", "random"),
 }
 
 
@@ -330,6 +357,7 @@ def _validate(config: ExperimentConfig, origin: str) -> None:
         ("model.head_dropout", 0 <= config.model.head_dropout < 1, "a probability in [0, 1)"),
         ("model.unfrozen_layers", config.model.unfrozen_layers >= -1, "-1 (all), 0 (head only) or a layer count"),
         ("eval.confidence", 0 < config.eval.confidence < 1, "a level in (0, 1)"),
+        *_search_checks(config.search, config.train.epochs),
     ]
     if config.dataset.positive_class:
         checks.append(("dataset.positive_class", config.dataset.positive_class in config.dataset.class_names,
@@ -337,6 +365,24 @@ def _validate(config: ExperimentConfig, origin: str) -> None:
     for key, ok, expected in checks:
         if not ok:
             raise MedxpError(f"{origin}: '{key}' = {flat[key]!r}: expected {expected}")
+
+
+def _search_checks(search: SearchConfig, train_epochs: int) -> list[tuple[str, bool, str]]:
+    """(key, ok, expected) checks of the search settings."""
+    max_epochs = search.max_epochs or train_epochs
+    return [
+        ("search.n_trials", search.n_trials >= 1, "at least one trial"),
+        ("search.max_concurrent", search.max_concurrent >= 1, "at least one concurrent trial"),
+        ("search.timeout", search.timeout >= 0, "seconds >= 0 (0: no time limit)"),
+        ("search.max_epochs", search.max_epochs >= 0, "epochs >= 0 (0: train.epochs)"),
+        ("search.grace_period", 1 <= search.grace_period <= max_epochs,
+         f"1 to {max_epochs} epochs (search.max_epochs, or train.epochs when it is 0)"),
+        ("search.reduction_factor", search.reduction_factor > 1, "a factor > 1"),
+        ("search.startup_trials", search.startup_trials >= 0, "a count >= 0"),
+        ("search.cpus_per_trial", search.cpus_per_trial > 0, "a CPU count > 0"),
+        ("search.gpus_per_trial", search.gpus_per_trial >= 0, "a GPU count (or fraction) >= 0"),
+        ("search.ray_cpus", search.ray_cpus >= 0, "a CPU count >= 0 (0: all cores)"),
+    ]
 
 
 def _plain(value: Any) -> Any:

@@ -17,7 +17,7 @@ from medxp.data import DataModule, create_datamodule
 from medxp.models import InferenceModel, create_model
 from medxp.tracking.base import Tracker
 from medxp.tracking.records import EpochLogger, record_context, record_evaluation, record_fit
-from medxp.training.evaluate import Evaluation, evaluate_model
+from medxp.training.evaluate import Evaluation, evaluate_model, evaluate_predictions
 from medxp.training.trainer import FitResult, Trainer, seed_everything
 
 log = logging.getLogger(__name__)
@@ -85,16 +85,18 @@ def evaluate_logged_model(config: ExperimentConfig, model_uri: str, tracker: Tra
     """Scores a logged or registered medxp model (pixels in, probabilities out) on one split."""
     import mlflow
 
-    from medxp.training.evaluate import evaluate_predictions
-
     data = create_datamodule(config)
     record_context(tracker, config, data)
     tracker.set_tags({"evaluated_model": model_uri})
     model = mlflow.pytorch.load_model(model_uri, map_location="cpu").eval()
+    evaluation = evaluate_inference_model(model, data, split, config)
+    record_evaluation(tracker, evaluation)
+    return evaluation
+
+
+def evaluate_inference_model(model: nn.Module, data: DataModule, split: str, config: ExperimentConfig) -> Evaluation:
+    """Scores a model that takes [0, 1] pixels and returns probabilities (what medxp logs) on one split."""
     images = data.datasets[split].images
     with torch.no_grad():
         y_prob = torch.cat([model(batch.float() / 255.0) for batch in images.split(256)]).numpy()
-    evaluation = evaluate_predictions(split, data.datasets[split].labels.numpy(), y_prob, data.class_names,
-                                      config.eval)
-    record_evaluation(tracker, evaluation)
-    return evaluation
+    return evaluate_predictions(split, data.datasets[split].labels.numpy(), y_prob, data.class_names, config.eval)

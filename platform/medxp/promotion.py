@@ -122,12 +122,12 @@ def register_model(run_id: str, model_uri: str, config: ExperimentConfig, *, syn
     attached = _attach_run_artifacts(client, run_id, model_id)
     _ensure_registered_model(client, name, config, synthetic)
     version = client.create_model_version(name, source=model_uri, run_id=run_id, model_id=model_id,
-                                          tags=_version_tags(run, config, synthetic))
+                                          tags=_version_tags(run, config, synthetic, model_id))
     for label, path in ARTIFACT_TAGS.items():
         if any(item == path or item.startswith(path + "/") for item in attached):
             client.set_model_version_tag(name, version.version, f"artifact.{label}",
                                          f"models:/{name}/{version.version}/{path}")
-    card = model_card(run, config, synthetic, name=name, version=version.version, attached=attached)
+    card = model_card(run, config, synthetic, name=name, version=str(version.version), attached=attached)
     client.update_model_version(name, version.version, description=card)
     return client.get_model_version(name, version.version)
 
@@ -207,7 +207,8 @@ def _ensure_registered_model(client: MlflowClient, name: str, config: Experiment
             raise
 
 
-def _version_tags(run: Run, config: ExperimentConfig, synthetic: bool) -> dict[str, str]:
+def _version_tags(run: Run, config: ExperimentConfig, synthetic: bool, model_id: str) -> dict[str, str]:
+    # The SQL registry store keeps no model_id on the version (only `source`), so tag it.
     metric = f"test_{config.eval.primary_metric}"
     tags = {
         "dataset": config.dataset.name,
@@ -217,6 +218,7 @@ def _version_tags(run: Run, config: ExperimentConfig, synthetic: bool) -> dict[s
         "primary_metric": metric,
         f"metric.{metric}": repr(run.data.metrics[metric]),
         "source.run_id": run.info.run_id,
+        "source.model_id": model_id,
     }
     for bound in ("ci_low", "ci_high"):
         if f"{metric}_{bound}" in run.data.metrics:
@@ -339,9 +341,9 @@ def promote(dataset: str, *, version: str | int | None = None, synthetic: bool, 
     outcome, forced, reason = _judge(candidate, champion, metric, candidate_value, champion_value, force)
     if outcome == "promoted":
         _move_champion(client, name, candidate, champion)
-    champion_after = candidate.version if outcome == "promoted" else (champion.version if champion else None)
-    decision = PromotionDecision(name, outcome, outcome == "promoted", candidate.version,
-                                 champion.version if champion else None, champion_after, metric,
+    before = str(champion.version) if champion else None
+    after = str(candidate.version) if outcome == "promoted" else before
+    decision = PromotionDecision(name, outcome, outcome == "promoted", str(candidate.version), before, after, metric,
                                  candidate_value, champion_value, forced, reason)
     _record_decision(client, decision, note)
     return decision
@@ -353,7 +355,7 @@ def _judge(candidate: ModelVersion, champion: ModelVersion | None, metric: str, 
     new = f"version {candidate.version}"
     if champion is None:
         return "promoted", False, f"Promoted {new} as the first champion ({metric} = {candidate_value:.4f})."
-    if champion.version == candidate.version:
+    if str(champion.version) == str(candidate.version):
         return "unchanged", False, f"{new.capitalize()} is already the champion; nothing changed."
     old = f"champion version {champion.version}"
     refusal = _refusal(candidate, champion, metric, candidate_value, champion_value)
@@ -387,7 +389,7 @@ def _move_champion(client: MlflowClient, name: str, candidate: ModelVersion, cha
     """`previous` -> the old champion, then `champion` -> the candidate."""
     if champion is not None:
         client.set_registered_model_alias(name, PREVIOUS, champion.version)
-        client.set_model_version_tag(name, champion.version, "promotion.replaced_by", candidate.version)
+        client.set_model_version_tag(name, champion.version, "promotion.replaced_by", str(candidate.version))
         client.set_model_version_tag(name, champion.version, "promotion.replaced_at", _now())
     client.set_registered_model_alias(name, CHAMPION, candidate.version)
 
@@ -408,7 +410,8 @@ def _record_decision(client: MlflowClient, decision: PromotionDecision, note: st
         "promotion.note": _clip(note),
     }
     if decision.forced:
-        tags.update({"promotion.forced_by": tags["promotion.decided_by"], "promotion.forced_at": tags["promotion.decided_at"]})
+        tags["promotion.forced_by"] = tags["promotion.decided_by"]
+        tags["promotion.forced_at"] = tags["promotion.decided_at"]
     current = client.get_model_version(name, version).tags.get("promotion.history", "")
     entry = f"{tags['promotion.decided_at']} {decision.outcome}: {decision.reason}"
     tags["promotion.history"] = _clip((current + "\n" + entry).strip(), keep="end")
@@ -439,12 +442,12 @@ def rollback(dataset: str, *, synthetic: bool, primary_metric: str = "accuracy",
         raise MedxpError(f"{name}: no '{PREVIOUS}' alias; expected an earlier promotion to roll back to")
     champion = _alias_target(client, registered, CHAMPION)
     client.set_registered_model_alias(name, CHAMPION, restored.version)
-    if champion is not None and champion.version != restored.version:
+    if champion is not None and str(champion.version) != str(restored.version):
         client.set_registered_model_alias(name, PREVIOUS, champion.version)
-    metric = f"test_{primary_metric}"
-    before = champion.version if champion else None
-    reason = f"Rolled back by {_user()}: champion moved from version {before} to previous version {restored.version}."
-    decision = PromotionDecision(name, "rolled_back", True, restored.version, before, restored.version, metric,
+    metric, restored_version = f"test_{primary_metric}", str(restored.version)
+    before = str(champion.version) if champion else None
+    reason = f"Rolled back by {_user()}: champion moved from version {before} to previous version {restored_version}."
+    decision = PromotionDecision(name, "rolled_back", True, restored_version, before, restored_version, metric,
                                  _version_metric(client, restored, metric),
                                  _version_metric(client, champion, metric) if champion else None, False, reason)
     _record_decision(client, decision, note)

@@ -26,6 +26,10 @@ OPTIMIZERS = {
     "adamw": lambda params, cfg: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
     "sgd": lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                                weight_decay=cfg.weight_decay),
+    "adadelta": lambda params, cfg: torch.optim.Adadelta(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    "adagrad": lambda params, cfg: torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    # `train.momentum` is SGD's; RMSprop keeps torch's default (no momentum).
+    "rmsprop": lambda params, cfg: torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
 }
 
 

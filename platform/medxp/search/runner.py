@@ -1,0 +1,262 @@
+"""`run_search(config)`: Ray Tune runs the trials, Optuna proposes them, ASHA stops the weak ones.
+
+The driver does everything that must happen once: it makes sure the data exists, creates
+the MLflow experiment and the parent run (trials never create either, so they cannot race
+on SQLite), opens the persistent Optuna study (resuming it by name) and, at the end, closes
+any child run a stopped trial left open and logs the trials table and Optuna's plots.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+import optuna
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from medxp.config import ExperimentConfig, resolve_data_dir
+from medxp.data.datamodule import ensure_data
+from medxp.errors import MedxpError
+from medxp.search.report import log_search_report
+from medxp.search.space import SearchSpace, load_search_space
+from medxp.search.study import (
+    PruningScheduler,
+    StudySearcher,
+    TrialOutcome,
+    default_storage,
+    finished_count,
+    open_study,
+    search_home,
+)
+from medxp.search.trial import TrialContext, close_trial_run, run_trial
+from medxp.tracking.mlflow_tracker import MlflowTracker
+
+log = logging.getLogger(__name__)
+
+# Per-epoch validation metrics the trainer reports, by `eval.primary_metric`.
+EPOCH_METRICS = {"accuracy": "val_accuracy", "f1_macro": "val_f1_macro", "roc_auc": "val_roc_auc"}
+_STATE_NAMES = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+
+
+@dataclass
+class SearchResult:
+    """What a search found; the best trial's model is already logged (`best_model_uri`)."""
+
+    study_name: str
+    storage: str
+    parent_run_id: str
+    best_trial_number: int | None
+    best_params: dict[str, Any]
+    best_config: ExperimentConfig | None
+    best_value: float | None
+    best_run_id: str | None
+    best_model_uri: str | None
+    state_counts: dict[str, int] = field(default_factory=dict)
+    new_trials: int = 0
+    epochs_total: int = 0
+    wall_time_s: float = 0.0
+
+
+def run_search(config: ExperimentConfig, *, search_name: str | None = None, parent_tracker: Any = None) -> SearchResult:
+    """Runs (or resumes) a hyper-parameter search over `config`'s project.
+
+    Args:
+        config: The project config; its `search` section holds the settings (`search.n_trials`, ...).
+        search_name: The Optuna study name; an existing study of that name is resumed
+            (`search.n_trials` counts its finished trials). Default: `search.name`, else a new
+            `<dataset>-<space>-<timestamp>`.
+        parent_tracker: An MlflowTracker whose run becomes the parent (the CLI's); default: a new run.
+
+    Returns:
+        The best trial (number, params as config keys, config, value, MLflow run and model URI)
+        and the count of trials per state.
+
+    Raises:
+        MedxpError: a bad space file or setting (named in the message).
+    """
+    started = time.monotonic()
+    space = load_search_space(config.search.space or config.dataset.name)
+    space.check_against(config)
+    epoch_metric = _epoch_metric(config)
+    ensure_data(config)  # once, here: trials must never generate the demo data concurrently
+    base = trial_base_config(config)
+    name = search_name or config.search.name or _default_name(config, space)
+    tracking_uri = absolute_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    storage = config.search.storage or default_storage(tracking_uri)
+    study = open_study(name, storage, config.search)
+    new_trials = max(config.search.n_trials - finished_count(study), 0)
+    log.info("search %s: %d new trial(s) (study in %s)", name, new_trials, storage)
+    with _parent_run(config, name, parent_tracker) as parent:
+        _log_search_setup(parent, config, space, name, storage, new_trials)
+        if new_trials:
+            context = TrialContext(tracking_uri, parent.run.info.experiment_id, parent.run_id, name, epoch_metric)
+            _run_tune(study, space, base, context, new_trials, search_home(tracking_uri))
+        close_leftover_runs(study, parent.run.info.experiment_id)
+        result = _result(study, config, base, storage, parent.run_id, new_trials, time.monotonic() - started)
+        log_search_report(parent, study, result)
+    return result
+
+
+def trial_base_config(config: ExperimentConfig) -> ExperimentConfig:
+    """The config every trial starts from: the epoch budget, one torch thread per CPU, absolute data path."""
+    settings = config.search
+    overrides: dict[str, Any] = {"data.data_dir": str(resolve_data_dir(config).resolve())}
+    if settings.max_epochs:
+        overrides["train.epochs"] = settings.max_epochs
+    if not config.train.threads:
+        overrides["train.threads"] = max(int(settings.cpus_per_trial), 1)
+    return config.replace(overrides, origin="search settings")
+
+
+def absolute_tracking_uri() -> str:
+    """MLflow's tracking URI with a relative SQLite or file path made absolute (Ray trials run elsewhere)."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    if "://" not in uri:
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
+def _epoch_metric(config: ExperimentConfig) -> str:
+    metric = config.eval.primary_metric
+    if metric not in EPOCH_METRICS:
+        raise MedxpError(f"{config.source}: 'eval.primary_metric' = {metric!r}: a search needs a metric the "
+                         f"trainer reports every epoch; expected one of {', '.join(EPOCH_METRICS)}")
+    return EPOCH_METRICS[metric]
+
+
+def _default_name(config: ExperimentConfig, space: SearchSpace) -> str:
+    return f"{config.dataset.name}-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _parent_run(config: ExperimentConfig, name: str, parent_tracker: Any) -> Any:
+    if parent_tracker is not None:
+        return nullcontext(parent_tracker)
+    return MlflowTracker.start(config.dataset.name, run_name=f"search-{name}",
+                               tags={"medxp.study": name, "medxp.kind": "search"})
+
+
+def _log_search_setup(parent: MlflowTracker, config: ExperimentConfig, space: SearchSpace, name: str,
+                      storage: str, new_trials: int) -> None:
+    settings = config.search
+    parent.set_tags({"medxp.study": name, "medxp.kind": "search", "dataset": config.dataset.name,
+                     "model": config.model.name})
+    max_epochs = settings.max_epochs or config.train.epochs
+    parent.log_params({
+        **{key: value for key, value in config.to_flat_dict().items() if key.startswith("search.")},
+        "search.study": name,
+        "search.storage": storage,
+        "search.space_file": str(space.path),
+        "search.sampler_detail": f"{settings.sampler}(seed={settings.seed}, startup_trials={settings.startup_trials})",
+        "search.scheduler": f"ASHA(time_attr=epoch, max_t={max_epochs}, grace_period={settings.grace_period}, "
+                            f"reduction_factor={settings.reduction_factor})",
+        "search.new_trials": new_trials,
+    })
+    parent.log_dict(space.to_dict(), "search/space.yaml")
+    parent.log_dict(config.to_dict(), "config/resolved.yaml")
+
+
+def _run_tune(study: optuna.Study, space: SearchSpace, base: ExperimentConfig, context: TrialContext,
+              new_trials: int, home: Path) -> None:
+    """Runs `new_trials` trials through Ray Tune with the study's sampler and ASHA."""
+    from ray import tune
+
+    settings = base.search
+    started_ray = start_ray(settings.ray_cpus)
+    try:
+        scheduler = PruningScheduler(base.train.epochs, settings.grace_period, settings.reduction_factor)
+        scheduler.seed_rungs(study)
+        closer = TrialRunCloser(context.tracking_uri)
+        searcher = StudySearcher(space, study, scheduler, on_outcome=closer)
+        trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, context=context),
+                                        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(metric="objective", mode="max", search_alg=searcher, scheduler=scheduler,
+                                        num_samples=new_trials, max_concurrent_trials=settings.max_concurrent,
+                                        time_budget_s=settings.timeout or None, reuse_actors=True),
+            run_config=tune.RunConfig(name=re.sub(r"[^A-Za-z0-9_.-]", "_", context.study_name),
+                                      storage_path=str(home / "ray_results"), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=0)),
+        )
+        tuner.fit()
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def start_ray(num_cpus: int = 0) -> bool:
+    """Starts a quiet local Ray (or joins `$RAY_ADDRESS`); returns whether this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], **options)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), **options)
+    return True
+
+
+class TrialRunCloser:
+    """Closes a trial's MLflow run from the driver once the searcher knows how the trial ended."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+
+    def __call__(self, outcome: TrialOutcome) -> None:
+        if not outcome.run_id:
+            return
+        try:
+            close_trial_run(MlflowClient(self.tracking_uri), outcome.run_id, _STATE_NAMES[outcome.state],
+                            outcome.reason)
+        except Exception as error:  # the study's record stands; the final sweep tries again
+            log.warning("trial %d: could not close its MLflow run %s: %s", outcome.number, outcome.run_id, error)
+
+
+def close_leftover_runs(study: optuna.Study, experiment_id: str) -> None:
+    """Ends every child run of the study still RUNNING (a stopped or crashed trial) with the study's state."""
+    client = MlflowClient()
+    states = {trial.number: trial.state for trial in study.get_trials(deepcopy=False)}
+    for run in _study_runs(client, experiment_id, study.study_name, "attributes.status = 'RUNNING'"):
+        number = int(run.data.tags.get("medxp.trial_number", -1))
+        state = states.get(number, TrialState.FAIL)
+        close_trial_run(client, run.info.run_id, _STATE_NAMES.get(state, "failed"),
+                        "" if state in _STATE_NAMES else f"the study says {state.name}")
+
+
+def _study_runs(client: MlflowClient, experiment_id: str, study_name: str, extra: str = "") -> Iterator[Any]:
+    query = f"tags.`medxp.study` = '{study_name}' and tags.`medxp.trial_number` != ''"
+    yield from client.search_runs([experiment_id], f"{query} and {extra}" if extra else query, max_results=5000)
+
+
+def _result(study: optuna.Study, config: ExperimentConfig, base: ExperimentConfig, storage: str,
+            parent_run_id: str, new_trials: int, wall_time_s: float) -> SearchResult:
+    """The search's outcome; the best config is the project's config with the best trial's epochs and params."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    epochs_total = sum(int(t.user_attrs.get("epochs", 0)) for t in trials)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    result = SearchResult(study.study_name, storage, parent_run_id, None, {}, None, None, None, None,
+                          {k: v for k, v in counts.items() if v}, new_trials, epochs_total, wall_time_s)
+    if complete:
+        best = study.best_trial
+        result.best_trial_number, result.best_params, result.best_value = best.number, dict(best.params), best.value
+        result.best_config = config.replace({"train.epochs": base.train.epochs, **best.params},
+                                            origin=f"study {study.study_name} trial {best.number}")
+        result.best_run_id = best.user_attrs.get("mlflow_run_id")
+        result.best_model_uri = best.user_attrs.get("model_uri") or None
+    return result

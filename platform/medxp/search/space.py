@@ -1,0 +1,215 @@
+"""Search spaces as data: `search_spaces/<name>.yaml` -> an Optuna define-by-run function.
+
+A space file maps config keys (short, `lr`, or dotted, `train.momentum`) to a distribution:
+
+    optimizer: {type: categorical, choices: [adam, sgd]}
+    lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}
+    batch_size: {type: int, low: 16, high: 64, step: 16}
+    train.momentum: {type: float, low: 0.8, high: 0.99, when: {optimizer: sgd}}
+
+`when` makes a parameter conditional on parameters defined above it (a value or a list of
+values each). The epoch budget is not a parameter: it is `search.max_epochs`, ASHA's `max_t`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from medxp.config import ExperimentConfig, resolve_key
+from medxp.errors import MedxpError
+
+SEARCH_SPACES_DIR_ENV = "MEDXP_SEARCH_SPACES_DIR"
+TYPES = ("float", "int", "categorical")
+_FIELDS = {
+    "float": {"type", "low", "high", "log", "step", "when"},
+    "int": {"type", "low", "high", "log", "step", "when"},
+    "categorical": {"type", "choices", "when"},
+}
+# The budget belongs to the scheduler (search.max_epochs), not to the sampler.
+_BUDGET_KEYS = ("train.epochs",)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One searched config key and its distribution."""
+
+    name: str
+    config_key: str
+    type: str
+    low: float | int | None = None
+    high: float | int | None = None
+    step: float | int | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+    when: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def applies(self, chosen: Mapping[str, Any]) -> bool:
+        """Whether every `when` condition holds for the values chosen so far."""
+        return all(chosen.get(name) in values for name, values in self.when.items())
+
+    def suggest(self, trial: Any) -> Any:
+        """Asks an Optuna trial (or Ray's captor of one) for a value."""
+        if self.type == "categorical":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.type == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.name, float(self.low), float(self.high), step=self.step, log=self.log)
+
+    def extremes(self) -> tuple[Any, ...]:
+        """Values a config must accept: every choice, or both bounds."""
+        return self.choices if self.type == "categorical" else (self.low, self.high)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The parameters of a space file, in file order; calling it is Optuna's define-by-run."""
+
+    name: str
+    path: Path
+    parameters: tuple[Parameter, ...]
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        """Suggests every applicable parameter; returns `{config key as written: value}`."""
+        chosen: dict[str, Any] = {}
+        for parameter in self.parameters:
+            if parameter.applies(chosen):
+                chosen[parameter.name] = parameter.suggest(trial)
+        return chosen
+
+    def check_against(self, config: ExperimentConfig) -> None:
+        """Raises if some choice or bound is a value the config rejects (e.g. an unknown optimizer)."""
+        for parameter in self.parameters:
+            for value in parameter.extremes():
+                try:
+                    config.replace({parameter.config_key: value}, origin=f"{self.path}: parameter '{parameter.name}'")
+                except MedxpError as error:
+                    raise MedxpError(f"{error} (value {value!r} of the search space)") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The space as plain data (for logging)."""
+        return yaml.safe_load(self.path.read_text()) or {}
+
+
+def search_spaces_dir() -> Path:
+    """`$MEDXP_SEARCH_SPACES_DIR`, else `search_spaces/` beside the package, else under the working directory."""
+    if os.environ.get(SEARCH_SPACES_DIR_ENV):
+        return Path(os.environ[SEARCH_SPACES_DIR_ENV])
+    beside_package = Path(__file__).resolve().parents[3] / "search_spaces"
+    return beside_package if beside_package.is_dir() else Path.cwd() / "search_spaces"
+
+
+def space_path(name_or_path: str) -> Path:
+    """A space name (`glaucoma`) -> `search_spaces/glaucoma.yaml`; a path (`x/y.yaml`) is kept."""
+    if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path:
+        return Path(name_or_path).expanduser()
+    return search_spaces_dir() / f"{name_or_path}.yaml"
+
+
+def load_search_space(name_or_path: str | Path) -> SearchSpace:
+    """Reads and validates a space file.
+
+    Args:
+        name_or_path: A name under `search_spaces/` or a YAML path.
+
+    Returns:
+        The validated space.
+
+    Raises:
+        MedxpError: missing or unreadable file, or a bad parameter (the message names file and key).
+    """
+    path = space_path(str(name_or_path))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        valid = ", ".join(sorted(p.stem for p in search_spaces_dir().glob("*.yaml"))) or "(none)"
+        raise MedxpError(f"{path}: cannot read search space ({error.strerror}); spaces found: {valid}") from None
+    except yaml.YAMLError as error:
+        raise MedxpError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise MedxpError(f"{path}: expected a mapping of config keys to distributions, e.g. "
+                         "lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}")
+    parameters: list[Parameter] = []
+    for name, spec in raw.items():
+        parameters.append(parse_parameter(str(name), spec, parameters, path))
+    return SearchSpace(path.stem, path, tuple(parameters))
+
+
+def parse_parameter(name: str, spec: Any, earlier: list[Parameter], path: Path) -> Parameter:
+    """Validates one entry of a space file; `earlier` are the parameters above it."""
+    where = f"{path}: parameter '{name}'"
+    config_key = resolve_key(name, str(path))
+    if config_key in _BUDGET_KEYS:
+        raise MedxpError(f"{where}: the epoch budget is not searched; set search.max_epochs (ASHA's max_t)")
+    if config_key in {p.config_key for p in earlier}:
+        raise MedxpError(f"{where}: '{config_key}' appears twice")
+    if not isinstance(spec, Mapping) or spec.get("type") not in TYPES:
+        found = spec.get("type") if isinstance(spec, Mapping) else spec
+        raise MedxpError(f"{where}: type {found!r}: expected a mapping with type one of {', '.join(TYPES)}")
+    unknown = set(spec) - _FIELDS[spec["type"]]
+    if unknown:
+        raise MedxpError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; "
+                         f"a {spec['type']} takes {', '.join(sorted(_FIELDS[spec['type']]))}")
+    when = _parse_when(spec.get("when"), earlier, where)
+    if spec["type"] == "categorical":
+        return Parameter(name, config_key, "categorical", choices=_parse_choices(spec.get("choices"), where),
+                         when=when)
+    low, high, step, log = _parse_range(spec, where)
+    return Parameter(name, config_key, spec["type"], low=low, high=high, step=step, log=log, when=when)
+
+
+def _parse_choices(choices: Any, where: str) -> tuple[Any, ...]:
+    if not isinstance(choices, list) or not choices:
+        raise MedxpError(f"{where}: choices {choices!r}: expected a non-empty list")
+    if len(set(map(repr, choices))) != len(choices):
+        raise MedxpError(f"{where}: choices {choices!r}: expected distinct values")
+    if not all(isinstance(c, (str, int, float, bool)) or c is None for c in choices):
+        raise MedxpError(f"{where}: choices {choices!r}: expected plain values (strings, numbers, booleans)")
+    return tuple(choices)
+
+
+def _parse_range(spec: Mapping[str, Any], where: str) -> tuple[Any, Any, Any, bool]:
+    """(low, high, step, log) of a float or int parameter, checked."""
+    kind = int if spec["type"] == "int" else (int, float)
+    for bound in ("low", "high"):
+        value = spec.get(bound)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise MedxpError(f"{where}: {bound} = {value!r}: expected {'an integer' if kind is int else 'a number'}")
+    low, high, step, log = spec["low"], spec["high"], spec.get("step"), spec.get("log", False)
+    if low > high:
+        raise MedxpError(f"{where}: low = {low!r} > high = {high!r}: expected low <= high")
+    if not isinstance(log, bool):
+        raise MedxpError(f"{where}: log = {log!r}: expected true or false")
+    if log and low <= 0:
+        raise MedxpError(f"{where}: log = true with low = {low!r}: expected low > 0 on a log scale")
+    if step is not None:
+        if not isinstance(step, kind) or isinstance(step, bool) or step <= 0:
+            raise MedxpError(f"{where}: step = {step!r}: expected a positive {'integer' if kind is int else 'number'}")
+        if log:
+            raise MedxpError(f"{where}: step and log = true together: Optuna takes one or the other")
+    return low, high, step, log
+
+
+def _parse_when(when: Any, earlier: list[Parameter], where: str) -> dict[str, tuple[Any, ...]]:
+    """`{optimizer: sgd}` or `{optimizer: [sgd, adamw]}`, on parameters defined above."""
+    if when is None:
+        return {}
+    if not isinstance(when, Mapping) or not when:
+        raise MedxpError(f"{where}: when = {when!r}: expected a mapping such as {{optimizer: sgd}}")
+    by_name = {p.name: p for p in earlier}
+    conditions: dict[str, tuple[Any, ...]] = {}
+    for name, values in when.items():
+        if name not in by_name:
+            raise MedxpError(f"{where}: when '{name}': expected a parameter defined above it "
+                             f"({', '.join(by_name) or 'none'})")
+        values = tuple(values) if isinstance(values, list) else (values,)
+        parent = by_name[name]
+        if parent.type == "categorical" and not set(map(repr, values)) <= set(map(repr, parent.choices)):
+            raise MedxpError(f"{where}: when '{name}' = {list(values)!r}: expected among its choices "
+                             f"{list(parent.choices)!r}")
+        conditions[str(name)] = values
+    return conditions

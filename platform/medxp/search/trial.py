@@ -1,0 +1,116 @@
+"""One search trial, as it runs in a Ray worker: a nested MLflow run around `run_experiment`.
+
+The trial reports every epoch to Tune (ASHA decides from those) and, once trained,
+evaluated and logged, a final result flagged `medxp_finished`: only that makes the trial
+COMPLETE in the study. When Tune stops a trial it raises `SystemExit` inside
+`tune.report`; the worker then leaves the MLflow run alone and the driver, which knows
+why the trial stopped, closes it (see `close_trial_run`), so there is one writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from ray import tune
+
+from medxp.config import ExperimentConfig
+from medxp.search.study import EPOCH, EPOCH_OBJECTIVE, FINISHED, MODEL_URI, OBJECTIVE, PARAMS, RUN_ID, TRIAL_NUMBER
+from medxp.tracking.mlflow_tracker import MlflowTracker
+
+log = logging.getLogger(__name__)
+
+STATE_TAG = "medxp.trial_state"
+RUN_STATUS = {"finished": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs from the driver (plain values: it travels to Ray workers)."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    study_name: str
+    epoch_metric: str
+
+
+class TuneReporter:
+    """Trainer callback: reports each epoch's validation metric to Tune as `objective`.
+
+    The trial's last epoch is not reported here but with the final result, so that the
+    scheduler can never stop a trial that has already spent its whole budget.
+    """
+
+    def __init__(self, epoch_metric: str, run_id: str) -> None:
+        self.epoch_metric = epoch_metric
+        self.run_id = run_id
+
+    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
+        if trainer.should_stop or epoch >= trainer.config.epochs:
+            return
+        tune.report({OBJECTIVE: float(metrics[self.epoch_metric]), EPOCH: epoch, RUN_ID: self.run_id})
+
+
+def run_trial(tune_config: dict, *, base: ExperimentConfig, context: TrialContext) -> None:
+    """Tune's function trainable: trains `base` with the sampled parameters in a child MLflow run."""
+    from medxp.pipeline import run_experiment
+
+    os.environ.pop("MLFLOW_RUN_ID", None)  # inherited from `mlflow run`: it would attach us to the parent
+    mlflow.set_tracking_uri(context.tracking_uri)
+    params, number = tune_config[PARAMS], tune_config[TRIAL_NUMBER]
+    with trial_run(context, number, params) as tracker:
+        config = base.replace(params, origin=f"search trial {number}")
+        result = run_experiment(config, tracker, callbacks=[TuneReporter(context.epoch_metric, tracker.run_id)],
+                                log_model=True, progress=False)
+    history = result.fit.history
+    tune.report({OBJECTIVE: float(result.objective), EPOCH: len(history), FINISHED: True, RUN_ID: tracker.run_id,
+                 MODEL_URI: result.model_uri or "",
+                 EPOCH_OBJECTIVE: float(history[-1][context.epoch_metric]) if history else float("nan")})
+
+
+@contextlib.contextmanager
+def trial_run(context: TrialContext, number: int, params: dict[str, Any]) -> Iterator[MlflowTracker]:
+    """A child run of the search's parent run; ends FINISHED or FAILED, or is left to the driver when stopped."""
+    tags = {MLFLOW_PARENT_RUN_ID: context.parent_run_id, "medxp.study": context.study_name,
+            "medxp.trial_number": str(number), STATE_TAG: "running"}
+    run = mlflow.start_run(experiment_id=context.experiment_id, run_name=f"trial-{number:03d}", tags=tags)
+    tracker = MlflowTracker(run)
+    tracker.log_dict({"trial_number": number, "params": params}, "trial/sampled_params.json")
+    started = time.monotonic()
+    try:
+        yield tracker
+    except SystemExit:
+        raise  # Tune stopped the trial (pruned or interrupted): the driver closes the run
+    except BaseException as error:
+        tracker.record_failure(error)
+        _end_active_run("failed", time.monotonic() - started)
+        raise
+    else:
+        _end_active_run("finished", time.monotonic() - started)
+
+
+def _end_active_run(state: str, duration: float) -> None:
+    with contextlib.suppress(Exception):
+        mlflow.log_metric("trial_duration_s", duration)
+    mlflow.set_tag(STATE_TAG, state)
+    mlflow.end_run(status=RUN_STATUS[state])
+
+
+def close_trial_run(client: MlflowClient, run_id: str, state: str, reason: str = "") -> None:
+    """Driver side: sets the trial state tag and, if the run is still open, ends it with the matching status."""
+    run = client.get_run(run_id)
+    if run.data.tags.get(STATE_TAG) == state and run.info.status != "RUNNING":
+        return
+    client.set_tag(run_id, STATE_TAG, state)
+    if reason:
+        client.set_tag(run_id, "medxp.trial_reason", reason[:500])
+    if run.info.status == "RUNNING":
+        client.set_terminated(run_id, status=RUN_STATUS[state])

@@ -1,0 +1,63 @@
+"""The platform's main flow: search, evaluate the best trial's model, explain it, register it.
+
+Above `pipeline` (one run) and `search` (many runs): this module only sequences them.
+Promotion is a separate, deliberate step (`medxp promote`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import mlflow
+
+from medxp.config import ExperimentConfig
+from medxp.data import create_datamodule
+from medxp.errors import MedxpError
+from medxp.pipeline import evaluate_inference_model
+from medxp.tracking.mlflow_tracker import MlflowTracker
+from medxp.tracking.records import record_context, record_evaluation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MainResult:
+    """What the main flow produced."""
+
+    search: object
+    test_metrics: dict[str, float]
+    registered_name: str
+    registered_version: str
+    disc_weight_share: float | None
+    disc_area_share: float | None
+
+
+def search_explain_register(config: ExperimentConfig, tracker: MlflowTracker, *, search_name: str | None = None,
+                            explain_samples: int = 1000) -> MainResult:
+    """Runs the project's search under `tracker`'s run, then evaluates, explains and registers the best model.
+
+    Raises:
+        MedxpError: no trial finished (nothing to register).
+    """
+    from medxp.explain import explain_model
+    from medxp.promotion import register_model
+    from medxp.search import run_search
+
+    search = run_search(config, search_name=search_name, parent_tracker=tracker)
+    if search.best_model_uri is None or search.best_config is None:
+        raise MedxpError(f"search '{search.study_name}' has no finished trial to register "
+                         f"(trials per state: {search.state_counts}); see the failed trials' runs")
+    best = search.best_config
+    data = create_datamodule(best)
+    record_context(tracker, best, data)
+    tracker.set_tags({"best_trial": str(search.best_trial_number), "best_run_id": str(search.best_run_id)})
+    model = mlflow.pytorch.load_model(search.best_model_uri, map_location="cpu").eval()
+    evaluation = evaluate_inference_model(model, data, "test", best)
+    record_evaluation(tracker, evaluation)
+    explained = explain_model(model, data, best, tracker, num_samples=explain_samples)
+    version = register_model(tracker.run_id, search.best_model_uri, best, synthetic=data.synthetic)
+    log.info("registered %s version %s (test accuracy %.4f)", version.name, version.version,
+             evaluation.metrics["accuracy"])
+    return MainResult(search, evaluation.metrics, version.name, str(version.version),
+                      explained.disc_weight_share, explained.disc_area_share)

@@ -1,0 +1,145 @@
+"""End-to-end search on tiny generated data: Ray Tune trials, Optuna study states, MLflow parent/child runs.
+
+One module-scoped scenario keeps the file fast: a 2-trial search, then an interrupted trial
+left RUNNING (in Optuna and in MLflow), then the same search resumed with n_trials=6, which
+must run exactly 4 new trials, 2 at a time. The space is one categorical learning rate for
+SGD: 0.03 learns, 1e-6 does not (ASHA prunes it against the earlier trials), 1e6 gives a
+NaN (the trial fails). The seeded random sampler draws 0.03, 0.03, then 0.03, 1e-6, 1e6, 1e-6.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import types
+
+import mlflow
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from optuna.trial import TrialState
+
+from medxp.config import load_project
+from medxp.search.runner import run_search, start_ray
+
+pytestmark = pytest.mark.slow
+
+GOOD_LR, HOPELESS_LR, EXPLODING_LR = 0.03, 1.0e-6, 1.0e6
+SPACE = "lr: {type: categorical, choices: [0.03, 1.0e-6, 1.0e+6]}\n"
+STUDY = "tiny-search"
+
+
+def tiny_config(tmp_path, n_trials: int):
+    return load_project("glaucoma", {
+        "data_dir": str(tmp_path / "data"), "data.demo_images_per_class": 64, "data.demo_folds": 3,
+        "data.demo_image_size": 48, "dataset.image_size": 32, "epochs": 3, "optimizer": "sgd",
+        "eval.primary_metric": "roc_auc", "eval.bootstrap_resamples": 20,
+        "search.space": str(tmp_path / "space.yaml"), "search.n_trials": n_trials, "search.max_concurrent": 2,
+        "search.sampler": "random", "search.seed": 32, "search.grace_period": 1, "search.reduction_factor": 2,
+    })
+
+
+def leave_running_trial(tmp_path, experiment_id: str) -> tuple[int, str]:
+    """What a killed search leaves behind: a RUNNING Optuna trial and its RUNNING MLflow child run."""
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    trial = study.ask()
+    run = MlflowClient().create_run(experiment_id, tags={"medxp.study": STUDY,
+                                                         "medxp.trial_number": str(trial.number)})
+    return trial.number, run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("search")
+    (tmp_path / "space.yaml").write_text(SPACE)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        start_ray(2)
+        try:
+            first = run_search(tiny_config(tmp_path, 2), search_name=STUDY)
+            experiment_id = MlflowClient().get_run(first.parent_run_id).info.experiment_id
+            leftover_number, leftover_run = leave_running_trial(tmp_path, experiment_id)
+            second = run_search(tiny_config(tmp_path, 6), search_name=STUDY)
+        finally:
+            import ray
+
+            ray.shutdown()
+        study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+        yield types.SimpleNamespace(first=first, second=second, study=study, client=MlflowClient(),
+                                    leftover_number=leftover_number, leftover_run=leftover_run,
+                                    experiment_id=experiment_id)
+        mlflow.set_tracking_uri(None)
+
+
+def child_runs(searched, parent_run_id: str):
+    return searched.client.search_runs([searched.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
+
+
+def trials_with_lr(study, lr: float):
+    return [t for t in study.trials if t.params.get("lr") == lr]
+
+
+def test_first_search_completes_its_trials(searched):
+    assert searched.first.state_counts == {"complete": 2}
+    assert searched.first.best_params == {"lr": GOOD_LR}
+
+
+def test_parent_has_one_nested_child_run_per_trial(searched):
+    children = child_runs(searched, searched.second.parent_run_id)
+    assert len(children) == 4
+    for run in children:
+        assert run.data.params["train.lr"] in {str(GOOD_LR), str(HOPELESS_LR), str(EXPLODING_LR)}
+        assert run.data.tags["medxp.study"] == STUDY
+        assert run.data.tags["medxp.trial_state"] in {"finished", "pruned", "failed"}
+        assert run.info.status != "RUNNING"
+    finished = [r for r in children if r.data.tags["medxp.trial_state"] == "finished"]
+    history = searched.client.get_metric_history(finished[0].info.run_id, "val_roc_auc")
+    assert [m.step for m in history] == [1, 2, 3]
+
+
+def test_resume_runs_only_the_missing_trials_and_fails_the_leftover(searched):
+    study = searched.study
+    assert searched.second.new_trials == 4
+    assert len(study.trials) == 2 + 1 + 4
+    assert study.trials[searched.leftover_number].state == TrialState.FAIL
+    assert searched.client.get_run(searched.leftover_run).info.status == "FAILED"
+    first_numbers = {0, 1}
+    assert all(study.trials[n].state == TrialState.COMPLETE for n in first_numbers)
+    assert {int(r.data.tags["medxp.trial_number"]) for r in child_runs(searched, searched.second.parent_run_id)} \
+        .isdisjoint(first_numbers)
+
+
+def test_scheduler_stopped_trials_are_pruned_with_intermediate_values(searched):
+    hopeless = trials_with_lr(searched.study, HOPELESS_LR)
+    assert hopeless and all(t.state == TrialState.PRUNED for t in hopeless)
+    for trial in hopeless:
+        assert trial.intermediate_values and max(trial.intermediate_values) < 3
+        run = searched.client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.tags["medxp.trial_state"] == "pruned" and run.info.status == "KILLED"
+    complete = trials_with_lr(searched.study, GOOD_LR)
+    assert all(t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [1, 2, 3] for t in complete)
+
+
+def test_failing_trial_is_fail_in_optuna_and_failed_in_mlflow(searched):
+    exploding = trials_with_lr(searched.study, EXPLODING_LR)
+    assert [t.state for t in exploding] == [TrialState.FAIL]
+    children = child_runs(searched, searched.second.parent_run_id)
+    [run] = [r for r in children if r.data.params["train.lr"] == str(EXPLODING_LR)]
+    assert run.info.status == "FAILED" and run.data.tags["medxp.trial_state"] == "failed"
+    assert "FloatingPointError" in run.data.tags["medxp.error"]
+    assert searched.second.state_counts == {"complete": 3, "pruned": 2, "fail": 2}
+
+
+def test_best_trial_points_at_its_logged_model_and_the_parent_has_the_report(searched):
+    result = searched.second
+    assert result.best_params == {"lr": GOOD_LR} and result.best_config.train.lr == GOOD_LR
+    assert result.best_model_uri.startswith("models:/")
+    assert searched.client.get_run(result.best_run_id).data.tags["medxp.trial_state"] == "finished"
+    parent = result.parent_run_id
+    table = searched.client.download_artifacts(parent, "search/trials.csv")
+    rows = list(csv.DictReader(io.StringIO(open(table).read())))
+    assert len(rows) == 7 and {row["state"] for row in rows} == {"complete", "pruned", "fail"}
+    plots = {a.path for a in searched.client.list_artifacts(parent, "search/plots")}
+    assert "search/plots/optimization_history.png" in plots and "search/plots/intermediate_values.png" in plots

@@ -1,0 +1,141 @@
+"""Search spaces as data: parsing, validation errors that name file and key, define-by-run sampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from medxp.config import load_project
+from medxp.errors import MedxpError
+from medxp.search.space import load_search_space, space_path
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def write_space(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+def sample(space, n: int = 30, seed: int = 0) -> list[dict]:
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=seed))
+    samples = []
+    for _ in range(n):
+        trial = study.ask()
+        samples.append(space(trial))
+        study.tell(trial, 0.0)
+    return samples
+
+
+def test_glaucoma_space_loads_and_fits_the_project():
+    space = load_search_space("glaucoma")
+    names = [p.name for p in space.parameters]
+    assert names[:2] == ["optimizer", "lr"]
+    assert {"batch_size", "dropout", "unfrozen_layers", "weight_decay", "train.momentum"} <= set(names)
+    assert set(space.parameters[0].choices) == {"adam", "adamw", "sgd", "adadelta", "adagrad"}
+    space.check_against(load_project("glaucoma"))
+
+
+def test_define_by_run_samples_types_ranges_and_conditions(tmp_path):
+    space = load_search_space(write_space(tmp_path, """
+optimizer: {type: categorical, choices: [adam, sgd]}
+lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}
+batch_size: {type: int, low: 16, high: 64, step: 16}
+train.momentum: {type: float, low: 0.8, high: 0.99, when: {optimizer: sgd}}
+"""))
+    samples = sample(space)
+    for values in samples:
+        assert 1e-4 <= values["lr"] <= 1e-1
+        assert values["batch_size"] in (16, 32, 48, 64)
+        assert ("train.momentum" in values) == (values["optimizer"] == "sgd")
+    assert {v["optimizer"] for v in samples} == {"adam", "sgd"}
+    config = load_project("glaucoma").replace(samples[0])
+    assert config.train.lr == samples[0]["lr"]
+
+
+def test_when_accepts_a_list_of_values(tmp_path):
+    space = load_search_space(write_space(tmp_path, """
+optimizer: {type: categorical, choices: [adam, adamw, sgd]}
+weight_decay: {type: float, low: 1.0e-6, high: 1.0e-2, log: true, when: {optimizer: [adamw, sgd]}}
+"""))
+    for values in sample(space):
+        assert ("weight_decay" in values) == (values["optimizer"] in ("adamw", "sgd"))
+
+
+def test_space_names_resolve_under_search_spaces():
+    assert space_path("glaucoma").name == "glaucoma.yaml"
+    assert space_path("glaucoma").parent.name == "search_spaces"
+    assert space_path("some/dir/x.yaml") == Path("some/dir/x.yaml")
+
+
+@pytest.mark.parametrize("text, key, expected", [
+    ("lr: {type: gaussian, low: 0, high: 1}", "lr", "type 'gaussian'"),
+    ("lr: {low: 0.1, high: 1}", "lr", "type None"),
+    ("lr: 0.01", "lr", "expected a mapping"),
+    ("lr: {type: float, low: 0.1, high: 0.01}", "lr", "low = 0.1 > high = 0.01"),
+    ("batch_size: {type: int, low: 64, high: 16}", "batch_size", "low = 64 > high = 16"),
+    ("optimizer: {type: categorical, choices: []}", "optimizer", "non-empty list"),
+    ("optimizer: {type: categorical}", "optimizer", "non-empty list"),
+    ("optimizer: {type: categorical, choices: [adam, adam]}", "optimizer", "distinct"),
+    ("train.lrate: {type: float, low: 0.1, high: 1}", "train.lrate", "unknown key"),
+    ("learning_rate: {type: float, low: 0.1, high: 1}", "learning_rate", "unknown key"),
+    ("lr: {type: float, low: 0, high: 1, log: true}", "lr", "expected low > 0"),
+    ("lr: {type: float, low: -1.0, high: 1, log: true}", "lr", "expected low > 0"),
+    ("lr: {type: float, low: 0.1, high: 1, lo: 3}", "lr", "unknown field(s) lo"),
+    ("lr: {type: float, low: a, high: 1}", "lr", "low = 'a'"),
+    ("batch_size: {type: int, low: 16.5, high: 64}", "batch_size", "expected an integer"),
+    ("batch_size: {type: int, low: 16, high: 64, step: 0}", "batch_size", "step = 0"),
+    ("lr: {type: float, low: 0.1, high: 1, step: 0.1, log: true}", "lr", "step and log"),
+    ("epochs: {type: int, low: 5, high: 20}", "epochs", "search.max_epochs"),
+    ("train.momentum: {type: float, low: 0.8, high: 0.9, when: {optimizer: sgd}}", "train.momentum",
+     "defined above"),
+    ("optimizer: {type: categorical, choices: [adam]}\n"
+     "train.momentum: {type: float, low: 0.8, high: 0.9, when: {optimizer: sgd}}", "train.momentum",
+     "among its choices"),
+    ("lr: {type: float, low: 0.1, high: 1}\ntrain.lr: {type: float, low: 0.1, high: 1}", "train.lr", "twice"),
+])
+def test_bad_space_is_an_error_naming_file_and_key(tmp_path, text, key, expected):
+    path = write_space(tmp_path, text)
+    with pytest.raises(MedxpError) as error:
+        load_search_space(path)
+    message = str(error.value)
+    assert str(path) in message and f"'{key}'" in message and expected in message
+
+
+@pytest.mark.parametrize("text", ["", "[lr, batch_size]", "lr: {type: float"])
+def test_empty_or_malformed_file_is_an_error_naming_the_file(tmp_path, text):
+    path = write_space(tmp_path, text)
+    with pytest.raises(MedxpError, match=str(path)):
+        load_search_space(path)
+
+
+def test_missing_file_is_an_error_listing_the_spaces(tmp_path):
+    with pytest.raises(MedxpError, match=r"no_such_space\.yaml: cannot read search space.*glaucoma"):
+        load_search_space("no_such_space")
+
+
+def test_values_the_config_rejects_are_an_error_naming_file_and_key(tmp_path):
+    path = write_space(tmp_path, "optimizer: {type: categorical, choices: [adam, lbfgs]}")
+    with pytest.raises(MedxpError) as error:
+        load_search_space(path).check_against(load_project("glaucoma"))
+    assert str(path) in str(error.value) and "optimizer" in str(error.value) and "lbfgs" in str(error.value)
+
+
+@pytest.mark.parametrize("key, value", [("search.n_trials", 0), ("search.max_concurrent", 0),
+                                        ("search.grace_period", 0), ("search.reduction_factor", 1),
+                                        ("search.sampler", "cmaes"), ("search.cpus_per_trial", 0),
+                                        ("search.grace_period", 99)])
+def test_bad_search_settings_are_errors_naming_the_key(key, value):
+    with pytest.raises(MedxpError, match=key.replace(".", r"\.")):
+        load_project("glaucoma", {key: value})
+
+
+def test_new_optimizers_are_accepted():
+    from medxp.training.trainer import OPTIMIZERS
+
+    for name in ("adadelta", "adagrad", "rmsprop"):
+        assert load_project("glaucoma", {"optimizer": name}).train.optimizer == name
+        assert name in OPTIMIZERS
