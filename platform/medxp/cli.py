@@ -175,9 +175,16 @@ def _explain(args: argparse.Namespace) -> None:
 def _promote(args: argparse.Namespace) -> None:
     from medxp.promotion import promote
 
+    from medxp.tracking.mlflow_tracker import MlflowTracker
+
     config = load_config(args)
-    decision = promote(config.dataset.name, version=args.version or None, synthetic=_synthetic(config),
-                       force=args.force == "true", primary_metric=config.eval.primary_metric, note=args.note)
+    with MlflowTracker.start(config.dataset.name, run_name=f"promote-{config.dataset.name}",
+                             tags={"medxp.kind": "promotion"}) as tracker:
+        decision = promote(config.dataset.name, version=args.version or None, synthetic=_synthetic(config),
+                           force=args.force == "true", primary_metric=config.eval.primary_metric, note=args.note)
+        tracker.set_tags({"promotion.outcome": decision.outcome, "promotion.model": decision.registered_model,
+                          "promotion.candidate": decision.candidate_version, "promotion.forced": decision.forced})
+        tracker.log_text(decision.reason, "promotion.txt")
     print(decision.reason)
 
 

@@ -218,3 +218,14 @@ def test_bad_arguments_raise(tmp_path: Path, arguments: dict[str, int]) -> None:
 def test_read_geometry_names_a_folder_without_sidecar(tmp_path: Path) -> None:
     with pytest.raises(MedxpError, match=GEOMETRY_FILE):
         read_geometry(tmp_path)
+
+
+def test_folds_get_copies_where_hard_links_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse_link(source: object, target: object) -> None:
+        raise OSError("this file system cannot link")
+
+    monkeypatch.setattr("medxp.data.synthetic.os.link", refuse_link)
+    root = generate_fundus_demo(tmp_path / "copied", **SMALL)
+    fold_image = next((root / "Fold0" / "test").glob("*/*.jpg"))
+    assert fold_image.stat().st_nlink == 1
+    assert fold_image.read_bytes() == (root / POOL_DIR / fold_image.name).read_bytes()

@@ -210,7 +210,7 @@ def _image_title(record: ExplanationRecord) -> str:
 
 def _overlay_title(record: ExplanationRecord) -> str:
     verdict = "correct" if record.correct else "WRONG"
-    return (f"{record.method} ({record.explanation.num_segments} sp)\n"
+    return (f"{record.method} ({record.explanation.num_segments} regions)\n"
             f"true {record.true_class}, pred {record.predicted_class}\n"
             f"p={record.probability:.2f} ({verdict})")
 

@@ -57,7 +57,7 @@ class Explanation:
     """One LIME explanation of one image for one class.
 
     Attributes:
-        image: The image as LIME saw it, (H, W, 3) float in [0, 1] (grey repeated).
+        image: The image as LIME saw it, (H, W, 3) float32 in [0, 1] (grey repeated).
         segments: (H, W) int superpixel of every pixel, numbered 0..n-1.
         segment_weights: (n,) weight of each superpixel for `label`: the change in the
             class probability the local linear model attributes to showing it.
@@ -148,7 +148,11 @@ def make_classifier_fn(model: Callable[[torch.Tensor], torch.Tensor], channels: 
 
 
 def hwc_to_nchw(images: np.ndarray, channels: int) -> torch.Tensor:
-    """(N, H, W, 3), (N, H, W, 1) or (N, H, W) images -> (N, channels, H, W) float32 tensor."""
+    """(N, H, W, 3), (N, H, W, 1) or (N, H, W) images -> (N, channels, H, W) float32 tensor.
+
+    The result is a permuted view in channels-last memory order, not a copy: medxp's
+    networks run channels-last, so a contiguous NCHW copy would only be undone.
+    """
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
@@ -158,7 +162,7 @@ def hwc_to_nchw(images: np.ndarray, channels: int) -> torch.Tensor:
         images = images.mean(axis=-1, keepdims=True)
     elif images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
-    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32))
+    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
 
 
 def default_batch_size(height: int, width: int) -> int:
@@ -238,14 +242,18 @@ def explain_image(model: Callable[[torch.Tensor], torch.Tensor], image_uint8_chw
 
 
 def to_lime_image(image_uint8_chw: Any) -> tuple[np.ndarray, int]:
-    """A (C, H, W) uint8 image -> ((H, W, 3) float64 in [0, 1], C); grey is repeated to RGB."""
+    """A (C, H, W) uint8 image -> ((H, W, 3) float32 in [0, 1], C); grey is repeated to RGB.
+
+    float32, not float64: every perturbed image is built from this one, and at 224 px
+    moving half the bytes is a measurable part of an explanation.
+    """
     pixels = image_uint8_chw.numpy() if isinstance(image_uint8_chw, torch.Tensor) else np.asarray(image_uint8_chw)
     if pixels.ndim != 3 or pixels.shape[0] not in (1, 3):
         raise MedxpError(f"explain_image: image of shape {pixels.shape}; expected (C, H, W) with C = 1 or 3")
     if pixels.dtype != np.uint8:
         raise MedxpError(f"explain_image: image of dtype {pixels.dtype}; expected uint8 pixels (0-255)")
     channels = pixels.shape[0]
-    image = pixels.transpose(1, 2, 0).astype(np.float64) / 255.0
+    image = pixels.transpose(1, 2, 0).astype(np.float32) / np.float32(255.0)
     return (np.repeat(image, 3, axis=2) if channels == 1 else image), channels
 
 

@@ -28,7 +28,8 @@ def record_context(tracker: Tracker, config: ExperimentConfig, data: DataModule)
         "git.commit": git_commit(),
         **{f"version.{name}": package_version(name) for name in ("torch", "mlflow")},
     })
-    tracker.log_params(config.to_flat_dict())
+    # Search settings are the search parent run's params, not a training run's.
+    tracker.log_params({k: v for k, v in config.to_flat_dict().items() if not k.startswith("search.")})
     tracker.log_dict(config.to_dict(), "config/resolved.yaml")
     tracker.log_dict({
         "python": system_platform.python_version(),
