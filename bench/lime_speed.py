@@ -4,7 +4,8 @@ Explains one generated glaucoma fundus image with medxp's small_cnn (untrained: 
 cost of a forward pass does not depend on the weights) wrapped in InferenceModel,
 exactly as `medxp.explain.explain_image` does for a registered model. With
 ``--stock`` it also times lime's own perturbation loop (one image at a time, batches
-of 10) on the same image, to show what the batched explainer saves.
+of 10, and at medxp's batch size) on the same image, to show what the batched
+explainer and the batch size each save.
 
 Usage::
 
@@ -37,7 +38,7 @@ from medxp.models import create_model
 from medxp.pipeline import inference_model
 
 GOAL_SECONDS = 30.0
-STOCK = "quickshift, stock lime loop (batch 10)"
+STOCK = "quickshift, lime's own loop"
 RESULTS = Path(__file__).resolve().parent / "results" / "lime_speed.json"
 
 
@@ -71,15 +72,16 @@ def time_medxp(model: Any, image: np.ndarray, method: str, samples: int, seed: i
     return explain_image(model, image, method=method, num_samples=samples, seed=seed).seconds
 
 
-def time_stock_lime(model: Any, image: np.ndarray, samples: int, seed: int) -> float:
-    """Seconds of lime's own LimeImageExplainer (per-image masking loop, batches of 10) with quickshift."""
+def time_stock_lime(model: Any, image: np.ndarray, samples: int, seed: int, batch_size: int) -> float:
+    """Seconds of lime's own LimeImageExplainer (per-image masking loop) with quickshift."""
     from lime.lime_image import LimeImageExplainer
 
     lime_image, channels = to_lime_image(image)
     started = time.perf_counter()
     LimeImageExplainer(random_state=seed).explain_instance(
-        lime_image, make_classifier_fn(model, channels, batch_size=10), labels=(1,), top_labels=None,
-        num_samples=samples, batch_size=10, segmentation_fn=create_segmenter("quickshift", image.shape[-1]))
+        lime_image, make_classifier_fn(model, channels, batch_size=batch_size), labels=(1,), top_labels=None,
+        num_samples=samples, batch_size=batch_size,
+        segmentation_fn=create_segmenter("quickshift", image.shape[-1]))
     return time.perf_counter() - started
 
 
@@ -87,7 +89,9 @@ def run_rounds(model: Any, image: np.ndarray, args: argparse.Namespace) -> list[
     """Times every variant once per round, rounds interleaved so a busy spell hits all alike."""
     variants = {method: (lambda seed, m=method: time_medxp(model, image, m, args.samples, seed)) for method in METHODS}
     if args.stock:
-        variants[STOCK] = lambda seed: time_stock_lime(model, image, args.samples, seed)
+        for batch_size in (10, default_batch_size(*image.shape[-2:])):
+            variants[f"{STOCK} (batch {batch_size})"] = (
+                lambda seed, size=batch_size: time_stock_lime(model, image, args.samples, seed, size))
     runs: dict[str, list[float]] = {name: [] for name in variants}
     for seed in range(args.repeats):
         for name, timed in variants.items():

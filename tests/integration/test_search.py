@@ -36,6 +36,7 @@ def tiny_config(tmp_path, n_trials: int):
         "data.demo_image_size": 48, "dataset.image_size": 32, "epochs": 3, "optimizer": "sgd",
         "eval.primary_metric": "roc_auc", "eval.bootstrap_resamples": 20,
         "search.space": str(tmp_path / "space.yaml"), "search.n_trials": n_trials, "search.max_concurrent": 2,
+        "search.max_epochs": 3,
         "search.sampler": "random", "search.seed": 32, "search.grace_period": 1, "search.reduction_factor": 2,
     })
 
@@ -143,3 +144,4 @@ def test_best_trial_points_at_its_logged_model_and_the_parent_has_the_report(sea
     assert len(rows) == 7 and {row["state"] for row in rows} == {"complete", "pruned", "fail"}
     plots = {a.path for a in searched.client.list_artifacts(parent, "search/plots")}
     assert "search/plots/optimization_history.png" in plots and "search/plots/intermediate_values.png" in plots
+    assert "search/plots/optimization_history.html" in plots  # plotly is a dependency: interactive pages too
