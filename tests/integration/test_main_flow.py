@@ -1,0 +1,44 @@
+"""The platform's whole loop on tiny demo data: search -> evaluate -> explain -> register -> promote -> serve."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+
+from medxp.cli import main
+
+pytestmark = pytest.mark.slow
+
+TINY_SEARCH = ("data.demo_images_per_class=24 data.demo_folds=3 data.demo_image_size=48 dataset.image_size=32 "
+               "model.channels=[8,16] search.n_trials=3 search.max_epochs=2 search.grace_period=1 "
+               "search.startup_trials=2 eval.bootstrap_resamples=100")
+
+
+def test_main_registers_a_demo_model_that_promote_makes_champion(tmp_path, mlflow_store, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    data_dir = f"data_dir={tmp_path / 'data'}"
+    assert main(["main", "--dataset", "glaucoma", "--no-progress", "--explain-samples", "100",
+                 "--name", "flow", "--set", data_dir, "--set", TINY_SEARCH]) == 0
+    assert "registered glaucoma-classifier-demo version 1" in capsys.readouterr().out
+
+    client = mlflow.MlflowClient()
+    [parent] = mlflow.search_runs(experiment_names=["glaucoma"], filter_string="tags.`medxp.kind` = 'search'",
+                                  output_format="list")
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "explanations")}
+    assert "explanations/lime_grid.png" in artifacts
+    assert 0.0 <= parent.data.metrics["test_accuracy"] <= 1.0
+    assert parent.data.tags["data.synthetic"] == "true"
+
+    assert main(["promote", "--dataset", "glaucoma", "--set", data_dir]) == 0
+    assert "champion" in capsys.readouterr().out.lower()
+    champion = mlflow.pytorch.load_model("models:/glaucoma-classifier-demo@champion")
+    with np.errstate(all="ignore"):
+        import torch
+
+        probabilities = champion(torch.rand(3, 3, 32, 32)).detach().numpy()
+    assert probabilities.shape == (3, 2)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, rtol=1e-5)
+
+    evaluated = main(["evaluate", "--dataset", "glaucoma", "--set", data_dir, "--set", TINY_SEARCH])
+    assert evaluated == 0 and "precision" in capsys.readouterr().out
