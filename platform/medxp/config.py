@@ -39,6 +39,16 @@ class DatasetSpec:
     provenance: str = ""
     licence: str = ""
     demo: str = ""
+    # Folder names (matched ignoring case, spaces and hyphens) mapped to class names: {no_tumor: notumor}.
+    class_aliases: dict[str, str] = field(default_factory=dict)
+    # The publisher's identifier `medxp download` fetches: a MedMNIST flag or a Kaggle slug (owner/name).
+    source_id: str = ""
+    # `tabular`: rows of a CSV (layout csv) with numeric feature columns and a target column.
+    modality: str = "image"
+    target_column: str = ""
+    feature_columns: tuple[str, ...] = ()
+    # Target values meaning class_names[0], [1], ... (fetal_health: 1, 2, 3); empty: the names themselves.
+    class_values: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,12 @@ class DataConfig:
     demo_image_size: int = 128
     augment: bool = True
     num_workers: int = 0
+    cache: bool = True
+    cache_dir: str = ""
+    split_seed: int = 42
+    val_fraction: float = 0.1
+    split_fractions: tuple[float, ...] = (0.7, 0.2, 0.1)
+    patient_id_pattern: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,11 +77,20 @@ class ModelConfig:
 
     name: str = "small_cnn"
     channels: tuple[int, ...] = (16, 32, 64, 128)
-    kernel_size: int = 3
-    batch_norm: bool = True
-    dropout: float = 0.1
+    # Per conv layer; a single value applies to every layer. Padding -1: half the kernel (size-preserving).
+    kernel_size: tuple[int, ...] = (3,)
+    stride: tuple[int, ...] = (1,)
+    padding: tuple[int, ...] = (-1,)
+    channel_order: str = "as_given"
+    batch_norm: tuple[bool, ...] = (True,)
+    dropout: tuple[float, ...] = (0.1,)
+    first_activation: bool = True
+    hidden_sizes: tuple[int, ...] = (64, 32)
     head_dropout: float = 0.3
+    head_pooling: str = "avg"
+    head_batch_norm: bool = False
     pretrained: bool = False
+    pretrained_file: str = ""
     unfrozen_layers: int = -1
     channels_last: bool = True
 
@@ -179,7 +204,10 @@ SHORT_KEYS = {
 }
 
 _CHOICES = {
-    "dataset.layout": ("folds",),
+    "dataset.layout": ("folds", "image_folder_splits", "class_folders", "training_testing", "medmnist", "csv"),
+    "dataset.modality": ("image", "tabular"),
+    "model.channel_order": ("as_given", "ascending", "descending"),
+    "model.head_pooling": ("avg", "max"),
     "data.demo": ("auto", "never", "always"),
     "train.optimizer": ("adam", "adamw", "sgd", "adadelta", "adagrad", "rmsprop"),
     "train.monitor": ("val_loss", "val_accuracy", "val_f1_macro", "val_roc_auc"),
@@ -316,6 +344,10 @@ def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
             except MedxpError:
                 continue
         raise MedxpError(f"{origin}: '{key}' = {value!r}: expected {hint}")
+    if origin_type is dict:
+        if isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            return dict(value)
+        raise MedxpError(f"{origin}: '{key}' = {value!r}: expected a mapping of names to names")
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -353,18 +385,37 @@ def _validate(config: ExperimentConfig, origin: str) -> None:
         ("dataset.std", len(config.dataset.std) == config.dataset.channels, "one value per channel"),
         ("data.fold", config.data.fold >= 0, "a fold index >= 0"),
         ("train.patience", config.train.patience >= 0, "a patience >= 0"),
-        ("model.dropout", 0 <= config.model.dropout < 1, "a probability in [0, 1)"),
+        ("model.dropout", all(0 <= p < 1 for p in config.model.dropout), "probabilities in [0, 1)"),
+        ("model.kernel_size", min(config.model.kernel_size, default=0) >= 1, "kernel sizes >= 1"),
+        ("model.stride", min(config.model.stride, default=0) >= 1, "strides >= 1"),
+        ("model.padding", min(config.model.padding, default=-2) >= -1, "paddings >= 0, or -1 for half the kernel"),
+        ("model.hidden_sizes", min(config.model.hidden_sizes, default=1) >= 1, "layer widths >= 1"),
         ("model.head_dropout", 0 <= config.model.head_dropout < 1, "a probability in [0, 1)"),
         ("model.unfrozen_layers", config.model.unfrozen_layers >= -1, "-1 (all), 0 (head only) or a layer count"),
         ("eval.confidence", 0 < config.eval.confidence < 1, "a level in (0, 1)"),
+        ("data.val_fraction", 0 <= config.data.val_fraction < 1, "a fraction in [0, 1)"),
+        ("data.split_fractions", len(config.data.split_fractions) == 3 and min(config.data.split_fractions) > 0
+         and abs(sum(config.data.split_fractions) - 1) < 1e-6, "three positive train/valid/test fractions summing to 1"),
         *_search_checks(config.search, config.train.epochs),
     ]
+    if config.dataset.modality == "tabular":
+        checks += _tabular_checks(config.dataset)
     if config.dataset.positive_class:
         checks.append(("dataset.positive_class", config.dataset.positive_class in config.dataset.class_names,
                        "one of dataset.class_names"))
     for key, ok, expected in checks:
         if not ok:
             raise MedxpError(f"{origin}: '{key}' = {flat[key]!r}: expected {expected}")
+
+
+def _tabular_checks(spec: DatasetSpec) -> list[tuple[str, bool, str]]:
+    """(key, ok, expected) checks of a tabular dataset spec."""
+    return [
+        ("dataset.target_column", bool(spec.target_column), "the name of the CSV's target column"),
+        ("dataset.feature_columns", len(spec.feature_columns) >= 1, "the names of the CSV's feature columns"),
+        ("dataset.class_values", len(spec.class_values) in (0, len(spec.class_names)),
+         "one target value per class name, or none"),
+    ]
 
 
 def _search_checks(search: SearchConfig, train_epochs: int) -> list[tuple[str, bool, str]]:
