@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATASET ?= glaucoma
 ARGS ?=
 
-.PHONY: install run test test-fast bench ui clean-demo
+.PHONY: install run test test-fast bench ui
 
 install: $(VENV)/.installed
 
@@ -24,8 +24,10 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
+# Each script prints its table and writes bench/results/<name>.json; `make bench BENCH=lime_speed` runs one.
+BENCH ?= trainer_overhead lime_speed parallel_scaling search_efficiency
 bench: install
-	$(PY) bench/trainer_overhead.py
+	for name in $(BENCH); do $(PY) bench/$$name.py || exit 1; done
 
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
