@@ -24,6 +24,16 @@ TINY = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def decoded_image_cache(tmp_path_factory):
+    """The decoded-image cache of every test (and its subprocesses) lives in tmp, never in ~/.cache/medxp."""
+    patch = pytest.MonkeyPatch()
+    folder = tmp_path_factory.mktemp("medxp-cache")
+    patch.setenv("MEDXP_CACHE_DIR", str(folder))
+    yield folder
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """One tiny generated demo set shared by the session's tests (generation is deterministic)."""

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
 from medxp.config import DatasetSpec, ModelConfig
@@ -119,6 +118,8 @@ def freeze_backbone(network: nn.Module, unfrozen_layers: int) -> nn.Module:
     """
     if unfrozen_layers < 0:
         return network
+    from timm.layers import freeze_batch_norm_2d  # timm is heavy to import; only needed here
+
     network = freeze_batch_norm_2d(network)
     head_params = {id(p) for module in _head_modules(network) for p in module.parameters()}
     layers = [m for m in network.modules()

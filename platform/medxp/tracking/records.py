@@ -23,6 +23,7 @@ def record_context(tracker: Tracker, config: ExperimentConfig, data: DataModule)
         "dataset": config.dataset.name,
         "model": config.model.name,
         "data.fingerprint": data.fingerprint,
+        "data.split_hash": data.split_hash,
         "data.synthetic": str(data.synthetic).lower(),
         "data.dir": str(data.root),
         "git.commit": git_commit(),
@@ -34,7 +35,8 @@ def record_context(tracker: Tracker, config: ExperimentConfig, data: DataModule)
     tracker.log_dict({
         "python": system_platform.python_version(),
         "packages": {name: package_version(name) for name in PACKAGES},
-        "data": {"root": str(data.root), "fingerprint": data.fingerprint, "synthetic": data.synthetic,
+        "data": {"root": str(data.root), "fingerprint": data.fingerprint, "split_hash": data.split_hash,
+                 "synthetic": data.synthetic,
                  "class_counts": {split: data.class_counts(split) for split in data.datasets}},
     }, "config/environment.json")
 

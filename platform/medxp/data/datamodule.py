@@ -1,0 +1,125 @@
+"""The data module: a data set's splits as decoded uint8 arrays, with loaders and provenance.
+
+The source named by `dataset.layout` (medxp.data.sources) says which image goes to which
+split; the decoded-image cache (medxp.data.cache) decodes each split once per machine.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from medxp.config import ExperimentConfig, resolve_data_dir
+from medxp.data import medmnist  # noqa: F401  (registers the medmnist source)
+from medxp.data.cache import split_images
+from medxp.data.folds import LabelledFiles
+from medxp.data.sources import ARRAY_SOURCES, LAYOUTS, read_source
+from medxp.data.synthetic import generate_fundus_demo, is_generated
+from medxp.data.transforms import create_transforms
+from medxp.errors import MedxpError
+from medxp.registry import Registry
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ARRAY_SOURCES", "LAYOUTS", "DEMO_GENERATORS", "ArrayDataset", "DataModule", "create_datamodule",
+           "ensure_data"]
+
+DEMO_GENERATORS: Registry[Callable[[Path, ExperimentConfig], Path]] = Registry("demo data generator")
+
+
+@DEMO_GENERATORS.register("fundus")
+def _fundus(root: Path, config: ExperimentConfig) -> Path:
+    return generate_fundus_demo(root, images_per_class=config.data.demo_images_per_class,
+                                folds=config.data.demo_folds, image_size=config.data.demo_image_size)
+
+
+class ArrayDataset(Dataset):
+    """Decoded images (N, C, H, W) uint8 with labels; transforms run per sample on tensors."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable | None = None) -> None:
+        self.images = torch.from_numpy(images)
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.images[index]
+        return (self.transform(image) if self.transform else image), self.labels[index]
+
+
+@dataclass
+class DataModule:
+    """Train/valid/test datasets plus what a run must record about them.
+
+    `files` lists each split's image files (empty for array sources such as MedMNIST);
+    `split_hash` identifies which item went to which split.
+    """
+
+    class_names: tuple[str, ...]
+    datasets: dict[str, ArrayDataset]
+    root: Path
+    fingerprint: str
+    synthetic: bool
+    num_workers: int = 0
+    files: dict[str, LabelledFiles] = field(default_factory=dict)
+    split_hash: str = ""
+
+    def loader(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> DataLoader:
+        """A DataLoader over one split; shuffling is seeded so runs repeat."""
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle, generator=generator,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def class_counts(self, split: str) -> dict[str, int]:
+        """Images per class in one split."""
+        counts = np.bincount(self.datasets[split].labels.numpy(), minlength=len(self.class_names))
+        return {name: int(n) for name, n in zip(self.class_names, counts)}
+
+
+def create_datamodule(config: ExperimentConfig) -> DataModule:
+    """Finds (or, for the demo, generates) the data, reads its source, loads every split's pixels once."""
+    if config.dataset.modality == "tabular":
+        from medxp.data.tabular import create_tabular_datamodule  # imports this module
+
+        return create_tabular_datamodule(config)
+    root = ensure_data(config)
+    source = read_source(root, config)
+    spec = config.dataset
+    datasets = {}
+    for split, part in source.splits.items():
+        transform = create_transforms(spec, train=split == "train", augment=config.data.augment)
+        datasets[split] = ArrayDataset(split_images(source, split, config), part.labels, transform)
+    files = {split: part.files for split, part in source.splits.items()}
+    module = DataModule(spec.class_names, datasets, root, source.fingerprint, is_generated(root),
+                        config.data.num_workers, files, source.split_hash)
+    if module.synthetic:
+        log.warning("DEMO DATA: %s is GENERATED synthetic data, not real patients", root)
+    return module
+
+
+def ensure_data(config: ExperimentConfig) -> Path:
+    """The data folder (or array file), generating the demo data where that is wanted."""
+    root = resolve_data_dir(config)
+    demo, generator = config.data.demo, config.dataset.demo
+    if demo == "always" or (demo == "auto" and not root.exists()):
+        if not generator:
+            raise MedxpError(f"{root}: data folder not found, and dataset '{config.dataset.name}' has no demo "
+                             f"data generator; put the data there or pass data_dir=")
+        return DEMO_GENERATORS.get(generator)(root, config)
+    if root.is_file() and config.dataset.layout in ARRAY_SOURCES:
+        return root
+    if not root.is_dir():
+        raise MedxpError(f"{root}: data folder not found (data.demo={demo}); expected the "
+                         f"'{config.dataset.layout}' layout described in projects/{config.dataset.name}/README.md")
+    if not any(root.iterdir()):
+        raise MedxpError(f"{root}: data folder is empty; expected the '{config.dataset.layout}' layout "
+                         f"described in projects/{config.dataset.name}/README.md")
+    return root
