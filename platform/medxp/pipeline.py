@@ -36,7 +36,8 @@ class ExperimentResult:
 
 
 def run_experiment(config: ExperimentConfig, tracker: Tracker, callbacks: Sequence[Any] = (),
-                   log_model: bool = True, progress: bool = True) -> ExperimentResult:
+                   log_model: bool = True, progress: bool = True,
+                   data: DataModule | None = None) -> ExperimentResult:
     """Trains and evaluates one configuration, logging everything through `tracker`.
 
     Args:
@@ -45,6 +46,7 @@ def run_experiment(config: ExperimentConfig, tracker: Tracker, callbacks: Sequen
         callbacks: Extra trainer callbacks (a search trial's reporter).
         log_model: Store the trained model with the tracker.
         progress: Show progress bars.
+        data: The splits to use instead of `create_datamodule(config)` (a stratified CV fold).
 
     Returns:
         The result, whose `objective` is `val_<eval.primary_metric>` of the restored best weights.
@@ -52,11 +54,12 @@ def run_experiment(config: ExperimentConfig, tracker: Tracker, callbacks: Sequen
     seed_everything(config.train.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    data = create_datamodule(config)
+    data = data if data is not None else create_datamodule(config)
     record_context(tracker, config, data)
     model = create_model(config.model, config.dataset)
     trainer = Trainer(config.train, callbacks=[EpochLogger(tracker), *callbacks],
-                      channels_last=config.model.channels_last, progress=progress)
+                      channels_last=config.model.channels_last, progress=progress,
+                      sampler=config.data.sampler, valid_sampler=config.data.valid_sampler)
     fit = trainer.fit(model, data)
     record_fit(tracker, fit)
     evaluations = {}

@@ -134,7 +134,7 @@ def test_bad_search_settings_are_errors_naming_the_key(key, value):
 
 
 def test_new_optimizers_are_accepted():
-    from medxp.training.trainer import OPTIMIZERS
+    from medxp.training.optim import OPTIMIZERS
 
     for name in ("adadelta", "adagrad", "rmsprop"):
         assert load_project("glaucoma", {"optimizer": name}).train.optimizer == name

@@ -11,8 +11,15 @@ from torch import nn
 
 def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                     device: torch.device, channels_last: bool = False,
-                    on_batch: Callable[[float], None] | None = None) -> dict[str, float]:
+                    on_batch: Callable[[float], None] | None = None, *, grad_clip_norm: float = 0.0,
+                    scaler: torch.amp.GradScaler | None = None,
+                    after_step: Callable[[], None] | None = None) -> dict[str, float]:
     """One pass over `batches`; returns mean `train_loss` and `train_accuracy`.
+
+    Args:
+        grad_clip_norm: Clip the gradients' global norm to this (0: no clipping).
+        scaler: Mixed precision (CUDA): forward under float16 autocast, scaled backward.
+        after_step: Called after every optimizer step (a per-batch lr schedule).
 
     Raises:
         FloatingPointError: the loss became NaN or infinite (the run cannot continue).
@@ -23,11 +30,13 @@ def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.
     for images, labels in batches:
         images = images.to(device, memory_format=memory_format, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        logits = model(images)
-        loss = loss_fn(logits, labels)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=scaler is not None):
+            logits = model(images)
+            loss = loss_fn(logits, labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _step(loss, model, optimizer, grad_clip_norm, scaler)
+        if after_step is not None:
+            after_step()
         # Accumulate on the device; one sync at the end keeps GPU pipelines full.
         loss_sum += loss.detach() * len(labels)
         correct += (logits.detach().argmax(1) == labels).sum()
@@ -38,6 +47,23 @@ def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.
     if not np.isfinite(mean_loss):
         raise FloatingPointError(f"training loss is {mean_loss}; lower the learning rate")
     return {"train_loss": mean_loss, "train_accuracy": float(correct) / max(seen, 1)}
+
+
+def _step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, grad_clip_norm: float,
+          scaler: torch.amp.GradScaler | None) -> None:
+    """Backward, optional clipping, optimizer step (through the scaler under mixed precision)."""
+    if scaler is None:
+        loss.backward()
+        if grad_clip_norm:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    if grad_clip_norm:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 @torch.no_grad()

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from medxp.config import TrainConfig
@@ -18,20 +21,9 @@ from medxp.data import DataModule
 from medxp.errors import MedxpError
 from medxp.training.loop import predict, train_one_epoch
 from medxp.training.metrics import classification_metrics
+from medxp.training.optim import Schedule, create_loss, create_optimizer, create_schedule, oversampler, ratio_sampler
 
 log = logging.getLogger(__name__)
-
-OPTIMIZERS = {
-    "adam": lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-    "adamw": lambda params, cfg: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-    "sgd": lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                                               weight_decay=cfg.weight_decay),
-    "adadelta": lambda params, cfg: torch.optim.Adadelta(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-    "adagrad": lambda params, cfg: torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-    # `train.momentum` is SGD's; RMSprop keeps torch's default (no momentum).
-    "rmsprop": lambda params, cfg: torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-}
-
 
 class Callback(Protocol):
     """Called after every validated epoch; may set `trainer.should_stop`."""
@@ -104,38 +96,49 @@ class Trainer:
     """Fits a model on a DataModule's train split, validating each epoch.
 
     Args:
-        config: Optimiser, batch size, epochs, early stopping.
+        config: Optimiser, schedule, loss, batch size, epochs, early stopping, checkpoints.
         callbacks: Extra callbacks (tracking, search reporting) run after early stopping.
         channels_last: Feed batches in channels-last memory format (faster for CNNs on CPU).
         progress: Show a progress bar per epoch.
+        sampler: `none`, or `oversample` (every class drawn equally often in training).
+        valid_sampler: `none`, or `test_ratio` (validation drawn in the test split's class ratio).
     """
 
     def __init__(self, config: TrainConfig, callbacks: Sequence[Any] = (), channels_last: bool = False,
-                 progress: bool = True) -> None:
+                 progress: bool = True, sampler: str = "none", valid_sampler: str = "none") -> None:
         self.config = config
         self.early_stopping = EarlyStopping(config.monitor, config.patience)
         self.callbacks = [self.early_stopping, *callbacks]
         self.channels_last = channels_last
         self.progress = progress
+        self.sampler, self.valid_sampler = sampler, valid_sampler
         self.device = resolve_device(config.device)
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.loss_fn: nn.Module = nn.CrossEntropyLoss()
         self.model: nn.Module | None = None
         self.should_stop = False
 
     def fit(self, model: nn.Module, data: DataModule) -> FitResult:
-        """Trains up to `epochs`, stops early when told, restores the best weights."""
+        """Trains up to `epochs` (resuming from the checkpoint if asked), stops early when told,
+        restores the best weights."""
         self.model = model.to(self.device)
-        optimizer = OPTIMIZERS[self.config.optimizer](model.parameters(), self.config)
-        train_loader = data.loader("train", self.config.batch_size, shuffle=True, seed=self.config.seed)
-        valid_loader = data.loader("valid", max(self.config.batch_size, 64))
+        train_labels = data.datasets["train"].labels.numpy()
+        self.loss_fn = create_loss(self.config, train_labels, len(data.class_names)).to(self.device)
+        optimizer = create_optimizer(model.parameters(), self.config)
+        train_loader = self._train_loader(data, train_labels)
+        schedule = create_schedule(optimizer, self.config, len(train_loader))
+        scaler = torch.amp.GradScaler("cuda") if self.config.amp and self.device.type == "cuda" else None
         result = FitResult()
-        for epoch in range(1, self.config.epochs + 1):
-            metrics = {"epoch": epoch, **self._train_epoch(optimizer, train_loader, epoch)}
-            metrics.update(self._validate(valid_loader, data.class_names))
+        first_epoch = self._resume(optimizer, schedule, result) + 1
+        for epoch in range(first_epoch, self.config.epochs + 1):
+            metrics = {"epoch": epoch, **self._train_epoch(optimizer, train_loader, epoch, schedule, scaler),
+                       "lr": optimizer.param_groups[0]["lr"]}
+            metrics.update(self._validate(self._valid_loader(data), data.class_names))
+            schedule.step_epoch(metrics[self.config.monitor])
             result.history.append(metrics)
-            log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch"))
+            log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
             for callback in self.callbacks:
                 callback.on_epoch_end(self, epoch, metrics)
+            self._save_checkpoint(epoch, optimizer, schedule, result)
             if self.should_stop:
                 result.stopped_early = epoch < self.config.epochs
                 break
@@ -144,11 +147,28 @@ class Trainer:
         result.best_epoch, result.best_value = self.early_stopping.best_epoch, self.early_stopping.best_value
         return result
 
-    def _train_epoch(self, optimizer: torch.optim.Optimizer, loader, epoch: int) -> dict[str, float]:
+    def _train_loader(self, data: DataModule, labels: np.ndarray) -> DataLoader:
+        if self.sampler != "oversample":
+            return data.loader("train", self.config.batch_size, shuffle=True, seed=self.config.seed)
+        return DataLoader(data.datasets["train"], batch_size=self.config.batch_size, num_workers=data.num_workers,
+                          sampler=oversampler(labels, self.config.seed))
+
+    def _valid_loader(self, data: DataModule) -> DataLoader:
+        batch_size = max(self.config.batch_size, 64)
+        if self.valid_sampler != "test_ratio":
+            return data.loader("valid", batch_size)
+        test_counts = np.bincount(data.datasets["test"].labels.numpy(), minlength=len(data.class_names))
+        sampler = ratio_sampler(data.datasets["valid"].labels.numpy(), test_counts / test_counts.sum(),
+                                self.config.seed)
+        return DataLoader(data.datasets["valid"], batch_size=batch_size, sampler=sampler)
+
+    def _train_epoch(self, optimizer: torch.optim.Optimizer, loader, epoch: int, schedule: Schedule,
+                     scaler: torch.amp.GradScaler | None) -> dict[str, float]:
         with tqdm(total=len(loader.dataset), desc=f"epoch {epoch}/{self.config.epochs}", unit="img",
                   disable=not self.progress, leave=False) as bar:
-            return train_one_epoch(self.model, loader, optimizer, self.loss_fn, self.device,
-                                   self.channels_last, on_batch=bar.update)
+            return train_one_epoch(self.model, loader, optimizer, self.loss_fn, self.device, self.channels_last,
+                                   on_batch=bar.update, grad_clip_norm=self.config.grad_clip_norm, scaler=scaler,
+                                   after_step=schedule.step_batch if schedule.per_batch else None)
 
     def _validate(self, loader, class_names: Sequence[str]) -> dict[str, float]:
         y_true, y_prob, loss = predict(self.model, loader, self.device, self.channels_last, self.loss_fn)
@@ -157,3 +177,42 @@ class Trainer:
         scores = classification_metrics(y_true, y_prob, class_names)
         return {"val_loss": loss, "val_accuracy": scores["accuracy"], "val_f1_macro": scores["f1_macro"],
                 "val_roc_auc": scores["roc_auc"]}
+
+    def _checkpoint_path(self) -> Path | None:
+        return Path(self.config.checkpoint_dir) / "last.pt" if self.config.checkpoint_dir else None
+
+    def _save_checkpoint(self, epoch: int, optimizer: torch.optim.Optimizer, schedule: Schedule,
+                         result: FitResult) -> None:
+        """Everything needed to continue after `epoch`, written atomically (a kill never leaves half a file)."""
+        path = self._checkpoint_path()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stopper = self.early_stopping
+        state = {"epoch": epoch, "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": schedule.scheduler.state_dict() if schedule.scheduler is not None else None,
+                 "history": result.history, "rng": torch.get_rng_state(),
+                 "early_stopping": {"best_value": stopper.best_value, "best_epoch": stopper.best_epoch,
+                                    "best_state": stopper.best_state, "bad_epochs": stopper.bad_epochs}}
+        partial = path.with_suffix(".partial")
+        torch.save(state, partial)
+        os.replace(partial, path)
+
+    def _resume(self, optimizer: torch.optim.Optimizer, schedule: Schedule, result: FitResult) -> int:
+        """Loads the checkpoint when `train.resume` is set; returns the last finished epoch (0 when fresh)."""
+        path = self._checkpoint_path()
+        if not self.config.resume or path is None or not path.exists():
+            if self.config.resume:
+                log.warning("train.resume is set but there is no checkpoint at %s; starting afresh", path)
+            return 0
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if schedule.scheduler is not None and state["scheduler"] is not None:
+            schedule.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        result.history.extend(state["history"])
+        for key, value in state["early_stopping"].items():
+            setattr(self.early_stopping, key, value)
+        log.info("resumed from %s after epoch %d", path, state["epoch"])
+        return int(state["epoch"])
