@@ -62,6 +62,9 @@ class DataConfig:
     demo_folds: int = 10
     demo_image_size: int = 128
     augment: bool = True
+    augmentation: str = "light"
+    sampler: str = "none"
+    valid_sampler: str = "none"
     num_workers: int = 0
     cache: bool = True
     cache_dir: str = ""
@@ -107,6 +110,15 @@ class TrainConfig:
     epochs: int = 20
     patience: int = 5
     monitor: str = "val_loss"
+    nesterov: bool = False
+    scheduler: str = "none"
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    grad_clip_norm: float = 0.0
+    class_weights: tuple[float, ...] | str = ""
+    amp: bool = True
+    checkpoint_dir: str = ""
+    resume: bool = False
     seed: int = 42
     device: str = "auto"
     threads: int = 0
@@ -147,6 +159,20 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class CVConfig:
+    """Cross-validation (`medxp.cv`): which folds, one nested run each.
+
+    `source`: `dataset` trains the data's own folds (layout folds: data.fold = 0..K-1);
+    `stratified` re-splits train + valid with StratifiedKFold (test fixed); `auto` picks
+    `dataset` for the folds layout, else `stratified`. `folds`: K; 0 means every given
+    fold (dataset) or 5 (stratified).
+    """
+
+    source: str = "auto"
+    folds: int = 0
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """Everything one run needs; `source` is the project file it came from."""
 
@@ -156,6 +182,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
     source: str = ""
 
     def to_flat_dict(self) -> dict[str, Any]:
@@ -201,6 +228,7 @@ SHORT_KEYS = {
     "seed": "train.seed",
     "dropout": "model.dropout",
     "unfrozen_layers": "model.unfrozen_layers",
+    "folds": "cv.folds",
 }
 
 _CHOICES = {
@@ -212,8 +240,12 @@ _CHOICES = {
     "train.optimizer": ("adam", "adamw", "sgd", "adadelta", "adagrad", "rmsprop"),
     "train.monitor": ("val_loss", "val_accuracy", "val_f1_macro", "val_roc_auc"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.scheduler": ("none", "cosine", "onecycle", "plateau"),
+    "data.sampler": ("none", "oversample"),
+    "data.valid_sampler": ("none", "test_ratio"),
     "eval.primary_metric": ("accuracy", "f1_macro", "f1_weighted", "roc_auc"),
     "search.sampler": ("tpe", "random"),
+    "cv.source": ("auto", "dataset", "stratified"),
 }
 
 
@@ -393,6 +425,11 @@ def _validate(config: ExperimentConfig, origin: str) -> None:
         ("model.head_dropout", 0 <= config.model.head_dropout < 1, "a probability in [0, 1)"),
         ("model.unfrozen_layers", config.model.unfrozen_layers >= -1, "-1 (all), 0 (head only) or a layer count"),
         ("eval.confidence", 0 < config.eval.confidence < 1, "a level in (0, 1)"),
+        ("cv.folds", config.cv.folds == 0 or config.cv.folds >= 2, "0 (all given folds, or 5) or a count >= 2"),
+        ("train.label_smoothing", 0 <= config.train.label_smoothing < 1, "a value in [0, 1)"),
+        ("train.grad_clip_norm", config.train.grad_clip_norm >= 0, "a norm >= 0 (0: no clipping)"),
+        ("train.warmup_epochs", 0 <= config.train.warmup_epochs < config.train.epochs, "0 to train.epochs - 1"),
+        ("train.class_weights", _valid_class_weights(config), "'', 'balanced' or one positive weight per class"),
         ("data.val_fraction", 0 <= config.data.val_fraction < 1, "a fraction in [0, 1)"),
         ("data.split_fractions", len(config.data.split_fractions) == 3 and min(config.data.split_fractions) > 0
          and abs(sum(config.data.split_fractions) - 1) < 1e-6, "three positive train/valid/test fractions summing to 1"),
@@ -400,6 +437,9 @@ def _validate(config: ExperimentConfig, origin: str) -> None:
     ]
     if config.dataset.modality == "tabular":
         checks += _tabular_checks(config.dataset)
+    lowered_classes = {name.lower() for name in config.dataset.class_names}
+    aliases_ok = all(target.lower() in lowered_classes for target in config.dataset.class_aliases.values())
+    checks.append(("dataset.class_aliases", aliases_ok, "aliases mapping folder names to dataset.class_names"))
     if config.dataset.positive_class:
         checks.append(("dataset.positive_class", config.dataset.positive_class in config.dataset.class_names,
                        "one of dataset.class_names"))
@@ -416,6 +456,13 @@ def _tabular_checks(spec: DatasetSpec) -> list[tuple[str, bool, str]]:
         ("dataset.class_values", len(spec.class_values) in (0, len(spec.class_names)),
          "one target value per class name, or none"),
     ]
+
+
+def _valid_class_weights(config: ExperimentConfig) -> bool:
+    weights = config.train.class_weights
+    if isinstance(weights, str):
+        return weights in ("", "balanced")
+    return len(weights) == len(config.dataset.class_names) and all(w > 0 for w in weights)
 
 
 def _search_checks(search: SearchConfig, train_epochs: int) -> list[tuple[str, bool, str]]:

@@ -95,7 +95,8 @@ def create_datamodule(config: ExperimentConfig) -> DataModule:
     spec = config.dataset
     datasets = {}
     for split, part in source.splits.items():
-        transform = create_transforms(spec, train=split == "train", augment=config.data.augment)
+        transform = create_transforms(spec, train=split == "train", augment=config.data.augment,
+                                      preset=config.data.augmentation)
         datasets[split] = ArrayDataset(split_images(source, split, config), part.labels, transform)
     files = {split: part.files for split, part in source.splits.items()}
     module = DataModule(spec.class_names, datasets, root, source.fingerprint, is_generated(root),
