@@ -119,6 +119,10 @@ class TrainConfig:
     amp: bool = True
     checkpoint_dir: str = ""
     resume: bool = False
+    # Staged fine-tuning in one run: per stage the unfrozen backbone layers, epochs and lr.
+    stage_unfrozen_layers: tuple[int, ...] = ()
+    stage_epochs: tuple[int, ...] = ()
+    stage_lrs: tuple[float, ...] = ()
     seed: int = 42
     device: str = "auto"
     threads: int = 0
@@ -430,6 +434,9 @@ def _validate(config: ExperimentConfig, origin: str) -> None:
         ("train.grad_clip_norm", config.train.grad_clip_norm >= 0, "a norm >= 0 (0: no clipping)"),
         ("train.warmup_epochs", 0 <= config.train.warmup_epochs < config.train.epochs, "0 to train.epochs - 1"),
         ("train.class_weights", _valid_class_weights(config), "'', 'balanced' or one positive weight per class"),
+        ("train.stage_epochs", len({len(config.train.stage_unfrozen_layers), len(config.train.stage_epochs),
+                                    len(config.train.stage_lrs)}) == 1,
+         "as many entries as train.stage_unfrozen_layers and train.stage_lrs"),
         ("data.val_fraction", 0 <= config.data.val_fraction < 1, "a fraction in [0, 1)"),
         ("data.split_fractions", len(config.data.split_fractions) == 3 and min(config.data.split_fractions) > 0
          and abs(sum(config.data.split_fractions) - 1) < 1e-6, "three positive train/valid/test fractions summing to 1"),

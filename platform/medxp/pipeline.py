@@ -18,7 +18,8 @@ from medxp.models import InferenceModel, create_model
 from medxp.tracking.base import Tracker
 from medxp.tracking.records import EpochLogger, record_context, record_evaluation, record_fit
 from medxp.training.evaluate import Evaluation, evaluate_model, evaluate_predictions
-from medxp.training.trainer import FitResult, Trainer, seed_everything
+from medxp.training.stages import fit_in_stages
+from medxp.training.trainer import FitResult, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,7 @@ def run_experiment(config: ExperimentConfig, tracker: Tracker, callbacks: Sequen
     data = data if data is not None else create_datamodule(config)
     record_context(tracker, config, data)
     model = create_model(config.model, config.dataset)
-    trainer = Trainer(config.train, callbacks=[EpochLogger(tracker), *callbacks],
-                      channels_last=config.model.channels_last, progress=progress,
-                      sampler=config.data.sampler, valid_sampler=config.data.valid_sampler)
-    fit = trainer.fit(model, data)
+    fit, trainer = fit_in_stages(model, data, config, [EpochLogger(tracker), *callbacks], progress)
     record_fit(tracker, fit)
     evaluations = {}
     for split in ("valid", "test"):

@@ -131,3 +131,30 @@ def test_oversampling_and_test_ratio_validation_run_end_to_end(tiny_config):
                                   "train.class_weights": "balanced", "train.label_smoothing": 0.1})
     result = run_experiment(config, NullTracker(), log_model=False, progress=False)
     assert len(result.fit.history) == config.train.epochs
+
+
+def test_staged_fine_tuning_continues_epochs_and_unfreezes_per_stage(tiny_config):
+    from medxp.data import create_datamodule
+    from medxp.training.stages import fit_in_stages
+
+    config = tiny_config.replace({"train.stage_unfrozen_layers": [0, 1, -1], "train.stage_epochs": [1, 2, 1],
+                                  "train.stage_lrs": [0.01, 0.001, 0.0001], "train.patience": 0})
+    model = create_model(config.model, config.dataset)
+    trainable_per_epoch = []
+
+    class Count:
+        def on_epoch_end(self, trainer, epoch, metrics):
+            trainable_per_epoch.append((epoch, sum(p.numel() for p in model.parameters() if p.requires_grad),
+                                        metrics["lr"]))
+
+    fit, _ = fit_in_stages(model, create_datamodule(config), config, [Count()], progress=False)
+    assert [row["epoch"] for row in fit.history] == [1, 2, 3, 4]
+    epochs, trainable, rates = zip(*trainable_per_epoch)
+    assert trainable[0] < trainable[1] == trainable[2] < trainable[3] == sum(p.numel() for p in model.parameters())
+    assert rates[0] == 0.01 and rates[3] == 0.0001
+
+
+def test_stage_lists_of_different_lengths_are_an_error():
+    with pytest.raises(MedxpError, match="train.stage_epochs"):
+        load_project("glaucoma", {"train.stage_unfrozen_layers": "[0, -1]", "train.stage_epochs": "[1]",
+                                  "train.stage_lrs": "[0.1, 0.01]"})

@@ -117,6 +117,10 @@ def freeze_backbone(network: nn.Module, unfrozen_layers: int) -> nn.Module:
         The network (its batch-norm layers replaced when partly frozen).
     """
     if unfrozen_layers < 0:
+        # Also undoes an earlier partial freeze (staged fine-tuning); batch-norm layers frozen
+        # by it stay frozen.
+        for param in network.parameters():
+            param.requires_grad = True
         return network
     from timm.layers import freeze_batch_norm_2d  # timm is heavy to import; only needed here
 

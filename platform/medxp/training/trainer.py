@@ -102,11 +102,14 @@ class Trainer:
         progress: Show a progress bar per epoch.
         sampler: `none`, or `oversample` (every class drawn equally often in training).
         valid_sampler: `none`, or `test_ratio` (validation drawn in the test split's class ratio).
+        epoch_offset: Added to epoch numbers in metrics and callbacks (a later fine-tuning stage).
     """
 
     def __init__(self, config: TrainConfig, callbacks: Sequence[Any] = (), channels_last: bool = False,
-                 progress: bool = True, sampler: str = "none", valid_sampler: str = "none") -> None:
+                 progress: bool = True, sampler: str = "none", valid_sampler: str = "none",
+                 epoch_offset: int = 0) -> None:
         self.config = config
+        self.epoch_offset = epoch_offset
         self.early_stopping = EarlyStopping(config.monitor, config.patience)
         self.callbacks = [self.early_stopping, *callbacks]
         self.channels_last = channels_last
@@ -130,14 +133,14 @@ class Trainer:
         result = FitResult()
         first_epoch = self._resume(optimizer, schedule, result) + 1
         for epoch in range(first_epoch, self.config.epochs + 1):
-            metrics = {"epoch": epoch, **self._train_epoch(optimizer, train_loader, epoch, schedule, scaler),
+            metrics = {"epoch": self.epoch_offset + epoch, **self._train_epoch(optimizer, train_loader, epoch, schedule, scaler),
                        "lr": optimizer.param_groups[0]["lr"]}
             metrics.update(self._validate(self._valid_loader(data), data.class_names))
             schedule.step_epoch(metrics[self.config.monitor])
             result.history.append(metrics)
             log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
             for callback in self.callbacks:
-                callback.on_epoch_end(self, epoch, metrics)
+                callback.on_epoch_end(self, self.epoch_offset + epoch, metrics)
             self._save_checkpoint(epoch, optimizer, schedule, result)
             if self.should_stop:
                 result.stopped_early = epoch < self.config.epochs
