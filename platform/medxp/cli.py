@@ -76,6 +76,8 @@ def _add_model_uri_argument(parser: argparse.ArgumentParser) -> None:
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="a folder under projects/, e.g. glaucoma")
+    parser.add_argument("--experiment", default="",
+                        help="a variant under projects/<dataset>/experiments/ (e.g. an ablation step)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (train.lr=0.01, or a short name: lr=0.01); empty values are ignored")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -85,7 +87,7 @@ def load_config(args: argparse.Namespace):
     """The project's config with the command line's overrides applied."""
     from medxp.config import load_project
 
-    return load_project(args.dataset, parse_overrides(args.overrides))
+    return load_project(args.dataset, parse_overrides(args.overrides), args.experiment or None)
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, str]:
@@ -207,11 +209,13 @@ def _synthetic(config) -> bool:
 
 
 def _list(args: argparse.Namespace) -> None:
-    from medxp.config import project_names
+    from medxp.config import experiment_names, project_names
     from medxp.models import model_names
 
-    print("datasets:", ", ".join(project_names()))
-    print("models:  ", ", ".join(model_names()))
+    for name in project_names():
+        experiments = experiment_names(name)
+        print(f"dataset {name}" + (f" (experiments: {', '.join(experiments)})" if experiments else ""))
+    print("models:", ", ".join(model_names()))
 
 
 if __name__ == "__main__":

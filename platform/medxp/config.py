@@ -292,12 +292,15 @@ def project_file(dataset: str) -> Path:
     return path
 
 
-def load(path: str | Path, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
-    """Reads a project file, applies overrides, validates.
+def load(path: str | Path, overrides: Mapping[str, Any] | None = None,
+         experiment: str | Path | None = None) -> ExperimentConfig:
+    """Reads a project file, applies an experiment file and overrides, validates.
 
     Args:
         path: A project YAML file.
         overrides: Dotted or short keys to values; strings are parsed as YAML scalars.
+        experiment: An experiment YAML file: sections that override the project file's
+            (one variant of a study, e.g. an ablation step).
 
     Returns:
         The frozen, validated config.
@@ -306,23 +309,48 @@ def load(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Experi
         MedxpError: unreadable file, unknown key or bad value (the message names file and key).
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except OSError as error:
-        raise MedxpError(f"{path}: cannot read project file ({error.strerror})") from None
-    except yaml.YAMLError as error:
-        raise MedxpError(f"{path}: not valid YAML ({error})") from None
-    if not isinstance(raw, dict):
-        raise MedxpError(f"{path}: expected a mapping of sections at the top level")
-    config = _build(raw, str(path), source=str(path))
+    config = _build(_read_sections(path), str(path), source=str(path))
+    if experiment:
+        experiment = Path(experiment)
+        flat = {f"{section}.{key}": value for section, values in _read_sections(experiment).items()
+                for key, value in (values.items() if isinstance(values, Mapping) else [("", values)])}
+        config = config.replace(flat, str(experiment))
     if overrides:
         config = config.replace({k: _parse_scalar(v) for k, v in overrides.items()}, "overrides")
     return config
 
 
-def load_project(dataset: str, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
-    """`load(project_file(dataset), overrides)`."""
-    return load(project_file(dataset), overrides)
+def load_project(dataset: str, overrides: Mapping[str, Any] | None = None,
+                 experiment: str | None = None) -> ExperimentConfig:
+    """The project's config, with `projects/<dataset>/experiments/<experiment>.yaml` and overrides applied."""
+    return load(project_file(dataset), overrides, experiment_file(dataset, experiment) if experiment else None)
+
+
+def experiment_names(dataset: str) -> list[str]:
+    """The experiments a project defines (files under `projects/<dataset>/experiments/`)."""
+    folder = project_file(dataset).parent / "experiments"
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def experiment_file(dataset: str, name: str) -> Path:
+    """Path of one experiment of a project; an unknown name lists the project's experiments."""
+    path = project_file(dataset).parent / "experiments" / f"{name}.yaml"
+    if not path.is_file():
+        valid = ", ".join(experiment_names(dataset)) or "(none)"
+        raise MedxpError(f"unknown experiment '{name}' of dataset '{dataset}': no {path}; valid: {valid}")
+    return path
+
+
+def _read_sections(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise MedxpError(f"{path}: cannot read config file ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise MedxpError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(raw, dict):
+        raise MedxpError(f"{path}: expected a mapping of sections at the top level")
+    return raw
 
 
 def resolve_data_dir(config: ExperimentConfig) -> Path:
