@@ -60,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
                          help="promote even if not better (recorded on the version)")
     promote.add_argument("--note", default="", help="why, recorded on the version")
     promote.set_defaults(handler=_promote)
+    cv = verbs.add_parser("cv", help="k-fold cross-validation: one nested run per fold and a summary table")
+    _add_config_arguments(cv)
+    cv.set_defaults(handler=_cv)
+    ensemble = verbs.add_parser("ensemble", help="average the probabilities of logged or registered models")
+    _add_config_arguments(ensemble)
+    ensemble.add_argument("--model-uris", required=True,
+                          help="members, space-separated: models:/m-..., models:/<name>/<version>, models:/<name>@alias")
+    ensemble.add_argument("--register", nargs="?", const="true", default="false", choices=("true", "false"),
+                          help="register the ensemble as a new version of the dataset's model")
+    ensemble.set_defaults(handler=_ensemble)
     listing = verbs.add_parser("list", help="list datasets and models")
     listing.set_defaults(handler=_list)
     return parser
@@ -156,9 +166,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _explain(args: argparse.Namespace) -> None:
-    import mlflow
-
     from medxp.data import create_datamodule
+    from medxp.ensemble import load_inference_model
     from medxp.explain import explain_model
     from medxp.tracking.mlflow_tracker import MlflowTracker
     from medxp.tracking.records import record_context
@@ -169,9 +178,35 @@ def _explain(args: argparse.Namespace) -> None:
         data = create_datamodule(config)
         record_context(tracker, config, data)
         tracker.set_tags({"explained_model": model_uri})
-        model = mlflow.pytorch.load_model(model_uri, map_location="cpu").eval()
+        model = load_inference_model(model_uri)
         summary = explain_model(model, data, config, tracker, per_class=args.per_class, num_samples=args.samples)
     print(f"explained {len(summary.records)} image/method pairs of {model_uri}: {', '.join(summary.artifacts)}")
+
+
+def _cv(args: argparse.Namespace) -> None:
+    from medxp.cv import run_cross_validation
+    from medxp.tracking.mlflow_tracker import MlflowTracker
+
+    config = load_config(args)
+    with MlflowTracker.start(config.dataset.name, run_name=f"cv-{config.dataset.name}",
+                             tags={"medxp.kind": "cv"}) as tracker:
+        result = run_cross_validation(config, tracker, progress=not args.no_progress)
+    print(f"{len(result.folds)} folds ({result.source}), {result.finished} finished:\n{result.summary.to_string()}")
+
+
+def _ensemble(args: argparse.Namespace) -> None:
+    from medxp.ensemble import run_ensemble
+    from medxp.tracking.mlflow_tracker import MlflowTracker
+
+    config = load_config(args)
+    with MlflowTracker.start(config.dataset.name, run_name=f"ensemble-{config.dataset.name}",
+                             tags={"medxp.kind": "ensemble"}) as tracker:
+        result = run_ensemble(config, args.model_uris.split(), tracker, register=args.register == "true")
+    test = result.evaluations["test"].metrics
+    registered = f"; registered {result.registered_name} version {result.registered_version}" \
+        if result.registered_version else ""
+    print(f"ensemble of {len(args.model_uris.split())}: test accuracy {test['accuracy']:.4f}; model {result.model_uri}"
+          f"{registered}")
 
 
 def _promote(args: argparse.Namespace) -> None:

@@ -84,12 +84,12 @@ def example_batch(data: DataModule, size: int = 2) -> Any:
 def evaluate_logged_model(config: ExperimentConfig, model_uri: str, tracker: Tracker,
                           split: str = "test") -> Evaluation:
     """Scores a logged or registered medxp model (pixels in, probabilities out) on one split."""
-    import mlflow
+    from medxp.ensemble import load_inference_model
 
     data = create_datamodule(config)
     record_context(tracker, config, data)
     tracker.set_tags({"evaluated_model": model_uri})
-    model = mlflow.pytorch.load_model(model_uri, map_location="cpu").eval()
+    model = load_inference_model(model_uri)
     evaluation = evaluate_inference_model(model, data, split, config)
     record_evaluation(tracker, evaluation)
     return evaluation

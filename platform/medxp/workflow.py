@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import mlflow
-
 from medxp.config import ExperimentConfig
 from medxp.data import create_datamodule
 from medxp.errors import MedxpError
@@ -40,6 +38,7 @@ def search_explain_register(config: ExperimentConfig, tracker: MlflowTracker, *,
     Raises:
         MedxpError: no trial finished (nothing to register).
     """
+    from medxp.ensemble import load_inference_model
     from medxp.explain import explain_model
     from medxp.promotion import register_model
     from medxp.search import run_search
@@ -52,7 +51,7 @@ def search_explain_register(config: ExperimentConfig, tracker: MlflowTracker, *,
     data = create_datamodule(best)
     record_context(tracker, best, data)
     tracker.set_tags({"best_trial": str(search.best_trial_number), "best_run_id": str(search.best_run_id)})
-    model = mlflow.pytorch.load_model(search.best_model_uri, map_location="cpu").eval()
+    model = load_inference_model(search.best_model_uri)
     evaluation = evaluate_inference_model(model, data, "test", best)
     record_evaluation(tracker, evaluation)
     explained = explain_model(model, data, best, tracker, num_samples=explain_samples)

@@ -106,7 +106,7 @@ class MlflowTracker:
             output = model(torch.as_tensor(input_example)).numpy()
         info = mlflow.pytorch.log_model(
             model, name=name, input_example=input_example, signature=infer_signature(input_example, output),
-            serialization_format="pickle", pip_requirements=_requirements(),
+            serialization_format="pickle", pip_requirements=pinned_requirements(),
             code_paths=[str(Path(medxp.__file__).parent)],
         )
         return info.model_uri
@@ -117,7 +117,7 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= _MAX_PARAM_LENGTH else text[: _MAX_PARAM_LENGTH - 3] + "..."
 
 
-def _requirements() -> list[str]:
+def pinned_requirements() -> list[str]:
     """Pins of what loading a logged medxp model needs (saves MLflow's slow requirement inference)."""
     from importlib.metadata import version
 

@@ -1,0 +1,369 @@
+"""K-fold cross-validation: one nested MLflow run per fold, and the glaucoma study's summary table.
+
+Where the folds come from (`cv.source`):
+
+- `dataset`: the data's own folds (layout `folds`: Fold0..FoldK-1, each with its own
+  train/valid/test); fold k is an ordinary run with `data.fold = k`.
+- `stratified`: scikit-learn's StratifiedKFold (through `medxp.data.splits.stratified_folds`)
+  over the pooled train + valid images of any layout, grouped by patient when
+  `data.patient_id_pattern` is set; the test split stays fixed and fold k validates on
+  the k-th held-out part. The pixels are decoded once; each fold re-indexes them.
+- `auto`: `dataset` for the folds layout, else `stratified`.
+
+Every fold calls `medxp.pipeline.run_experiment` under its own nested run (`fold-<k>`).
+The parent run gets `cv/folds.csv` (one row per fold: status, seconds, validation and test
+metrics, run id), `cv/summary.csv` (pandas `describe()` of the finished folds: count, mean,
+std, min, 25%, 50%, 75%, max), `cv/metrics.png` and the metrics `cv_<column>_<statistic>`.
+A fold that fails ends its run FAILED, is marked FAILED in the table, and the others go
+on; the summary covers the finished folds and its `count` says how many.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from medxp.config import ExperimentConfig
+from medxp.data import DataModule, create_datamodule
+from medxp.data.datamodule import ArrayDataset, ensure_data
+from medxp.data.splits import patient_ids, split_hash, stratified_folds
+from medxp.data.synthetic import is_generated
+from medxp.errors import MedxpError
+from medxp.pipeline import run_experiment
+from medxp.tracking.mlflow_tracker import MlflowTracker
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STRATIFIED_FOLDS = 5
+FINISHED, FAILED = "FINISHED", "FAILED"
+SUMMARY_STATISTICS = ("mean", "std", "min", "max")  # logged as parent metrics; the CSV has all of describe()
+_FOLD_FOLDER = re.compile(r"^fold(\d+)$", re.IGNORECASE)
+
+
+@dataclass
+class Fold:
+    """One fold to run: its index, its config, and how to get its splits (None: from the config)."""
+
+    index: int
+    config: ExperimentConfig
+    make_data: Callable[[], DataModule | None]
+
+
+@dataclass
+class CVResult:
+    """What a cross-validation produced.
+
+    Attributes:
+        source: `dataset` or `stratified`.
+        folds: One row per fold: fold, status, seconds, valid_* and test_* metrics, run_id, model_uri, error.
+        summary: `describe()` of the finished folds' metric columns and seconds (rows count ... max).
+        run_id: The parent run.
+    """
+
+    source: str
+    folds: pd.DataFrame
+    summary: pd.DataFrame
+    run_id: str
+
+    @property
+    def finished(self) -> int:
+        """How many folds finished."""
+        return int((self.folds["status"] == FINISHED).sum())
+
+    @property
+    def failed(self) -> int:
+        """How many folds failed."""
+        return int((self.folds["status"] == FAILED).sum())
+
+    @property
+    def model_uris(self) -> list[str]:
+        """The finished folds' logged models, e.g. for `medxp.ensemble.build_ensemble`."""
+        return [uri for uri in self.folds["model_uri"] if uri]
+
+
+def run_cross_validation(config: ExperimentConfig, tracker: MlflowTracker, *, log_models: bool = True,
+                         progress: bool = True) -> CVResult:
+    """Runs every fold as a nested run under `tracker`'s run and records the summary on it.
+
+    Args:
+        config: The resolved config; `cv.source` and `cv.folds` choose the folds.
+        tracker: The parent run, active (inside `MlflowTracker.start(...)`).
+        log_models: Log each fold's trained model (an ensemble of folds needs them).
+        progress: Show progress bars.
+
+    Returns:
+        The per-fold table and its summary.
+
+    Raises:
+        MedxpError: bad cv settings, no parent run, or no fold finished (the table is logged first).
+    """
+    _check_active(tracker)
+    source = cv_source(config)
+    folds, synthetic = dataset_folds(config) if source == "dataset" else stratified_plan(config)
+    experiment = mlflow.get_experiment(mlflow.active_run().info.experiment_id).name
+    _record_parent_context(tracker, config, source, len(folds), synthetic)
+    rows = [run_fold(fold, experiment, source, log_models=log_models, progress=progress) for fold in folds]
+    result = summarise(rows, source, tracker.run_id)
+    record_cv(tracker, result)
+    if not result.finished:
+        raise MedxpError(f"cross-validation of '{config.dataset.name}': none of the {len(folds)} folds finished; "
+                         f"see cv/folds.csv and the fold runs' error.txt")
+    return result
+
+
+def cv_source(config: ExperimentConfig) -> str:
+    """`cv.source` with `auto` resolved: `dataset` for the folds layout, else `stratified`.
+
+    Raises:
+        MedxpError: `dataset` asked for a layout without given folds.
+    """
+    layout, source = config.dataset.layout, config.cv.source
+    if source == "auto":
+        return "dataset" if layout == "folds" else "stratified"
+    if source == "dataset" and layout != "folds":
+        raise MedxpError(f"'cv.source' = 'dataset': layout '{layout}' of '{config.dataset.name}' has no given folds; "
+                         "expected cv.source stratified (or auto)")
+    return source
+
+
+# ---------------------------------------------------------------- planning the folds
+
+
+def dataset_folds(config: ExperimentConfig) -> tuple[list[Fold], bool]:
+    """The data's own folds, `data.fold = k` each: every FoldN folder, or the first `cv.folds`.
+
+    Returns:
+        The folds, and whether the data is generated.
+
+    Raises:
+        MedxpError: no FoldN folder, or fewer than `cv.folds`.
+    """
+    root = ensure_data(config)
+    found = sorted(int(match.group(1)) for child in root.iterdir()
+                   if child.is_dir() and (match := _FOLD_FOLDER.match(child.name)))
+    if not found:
+        raise MedxpError(f"{root}: no FoldN folders; expected the 'folds' layout (Fold0, Fold1, ...) "
+                         f"for cv.source dataset")
+    wanted = config.cv.folds or len(found)
+    if wanted > len(found):
+        raise MedxpError(f"'cv.folds' = {wanted}: {root} has only {len(found)} folds "
+                         f"({', '.join(f'Fold{k}' for k in found)}); expected at most {len(found)}, or 0 for all")
+    folds = [Fold(k, config.replace({"data.fold": k}, "cv"), lambda: None) for k in found[:wanted]]
+    return folds, is_generated(root)
+
+
+def stratified_plan(config: ExperimentConfig) -> tuple[list[Fold], bool]:
+    """Stratified K-fold over train + valid, the test split fixed; the data is decoded once here.
+
+    Returns:
+        The folds (each builds its DataModule when it runs), and whether the data is generated.
+    """
+    fold_count = config.cv.folds or DEFAULT_STRATIFIED_FOLDS
+    base = create_datamodule(config)
+    pairs = _pool_folds(base, fold_count, config)
+    folds = [Fold(k, config, partial(fold_datamodule, base, train, held_out))
+             for k, (train, held_out) in enumerate(pairs)]
+    return folds, base.synthetic
+
+
+def _pool_folds(base: DataModule, fold_count: int, config: ExperimentConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, held-out) indices into the train + valid pool, grouped by patient when a pattern is set."""
+    labels = np.concatenate([base.datasets[split].labels.numpy() for split in ("train", "valid")])
+    pool_files = base.files.get("train", []) + base.files.get("valid", [])
+    pattern = config.data.patient_id_pattern
+    groups = patient_ids([path for path, _ in pool_files], pattern) if pattern and pool_files else None
+    try:
+        return stratified_folds(labels, fold_count, config.data.split_seed, groups)
+    except ValueError as error:
+        counts = dict(zip(*np.unique(labels, return_counts=True)))
+        raise MedxpError(f"'cv.folds' = {fold_count}: cannot split the {len(labels)} train + valid images of "
+                         f"{base.root} (per label: {counts}) into stratified folds; expected at least "
+                         f"{fold_count} images (or patients) per class ({error})") from None
+
+
+def fold_datamodule(base: DataModule, train: np.ndarray, held_out: np.ndarray) -> DataModule:
+    """`base` with train and valid re-drawn from their pool: `train` trains, `held_out` validates.
+
+    Args:
+        base: The data module as the source split it (its test split is kept).
+        train: Indices into the pool (base train rows, then base valid rows).
+        held_out: Indices into the pool; the fold's validation split.
+    """
+    pool_images = torch.cat([base.datasets["train"].images, base.datasets["valid"].images])
+    pool_labels = torch.cat([base.datasets["train"].labels, base.datasets["valid"].labels]).numpy()
+    pool_files = base.files.get("train", []) + base.files.get("valid", [])
+    train_transform, valid_transform, extra = _fold_transforms(base, pool_images[train].numpy())
+    datasets = {
+        "train": ArrayDataset(pool_images[train].numpy(), pool_labels[train], train_transform),
+        "valid": ArrayDataset(pool_images[held_out].numpy(), pool_labels[held_out], valid_transform),
+        "test": base.datasets["test"],
+    }
+    names = _item_names(base, pool_files, len(pool_labels))
+    files = {**base.files, "train": [pool_files[i] for i in train], "valid": [pool_files[i] for i in held_out]}
+    hashed = split_hash({"train": [names[i] for i in train], "valid": [names[i] for i in held_out],
+                         "test": _item_names(base, base.files.get("test", []), len(datasets["test"]), "test")})
+    return dataclasses.replace(base, datasets=datasets, files=files if pool_files else base.files,
+                               split_hash=hashed, **extra)
+
+
+def _fold_transforms(base: DataModule, train_rows: np.ndarray) -> tuple[Any, Any, dict[str, Any]]:
+    """(train transform, valid transform, data-module fields to replace) for one fold.
+
+    Images keep the source's transforms; a tabular module refits its standardisation on
+    the fold's train rows, so no statistic comes from the rows it validates on.
+    """
+    from medxp.data.tabular import Standardize, TabularDataModule  # imports the datamodule
+
+    if isinstance(base, TabularDataModule):
+        standardize = Standardize.fit(train_rows)
+        return standardize, standardize, {"feature_mean": tuple(standardize.mean.tolist()),
+                                          "feature_std": tuple(standardize.std.tolist())}
+    return base.datasets["train"].transform, base.datasets["valid"].transform, {}
+
+
+def _item_names(base: DataModule, files: list, count: int, prefix: str = "pool") -> list[str]:
+    """Stable names of items for the split hash: paths relative to the data root, else row numbers."""
+    if files:
+        return [path.relative_to(base.root).as_posix() if path.is_relative_to(base.root) else str(path)
+                for path, _ in files]
+    return [f"{prefix}{i}" for i in range(count)]
+
+
+# ---------------------------------------------------------------- running a fold
+
+
+def run_fold(fold: Fold, experiment: str, source: str, *, log_models: bool = True,
+             progress: bool = True) -> dict[str, Any]:
+    """Trains and evaluates one fold in a nested run; a failure is caught and returned as a FAILED row.
+
+    Returns:
+        The fold's row: fold, status, seconds, valid_* / test_* metrics, epochs, run_id, model_uri, error.
+    """
+    row: dict[str, Any] = {"fold": fold.index, "status": FINISHED, "run_id": "", "model_uri": "", "error": ""}
+    started = time.perf_counter()
+    tags = {"medxp.kind": "cv-fold", "cv.fold": str(fold.index), "cv.source": source}
+    try:
+        with MlflowTracker.start(experiment, run_name=f"fold-{fold.index}", nested=True, tags=tags) as fold_tracker:
+            row["run_id"] = fold_tracker.run_id
+            result = run_experiment(fold.config, fold_tracker, log_model=log_models, progress=progress,
+                                    data=fold.make_data())
+    except Exception as error:  # one fold's failure must not end the CV; its run keeps the traceback
+        log.exception("fold %d failed", fold.index)
+        row.update(status=FAILED, error=f"{type(error).__name__}: {error}")
+    else:
+        for split, evaluation in result.evaluations.items():
+            row.update({f"{split}_{name}": value for name, value in evaluation.metrics.items()})
+        row.update(best_epoch=result.fit.best_epoch, epochs_trained=len(result.fit.history),
+                   model_uri=result.model_uri or "")
+    row["seconds"] = time.perf_counter() - started
+    return row
+
+
+# ---------------------------------------------------------------- summary and records
+
+
+def summarise(rows: list[dict[str, Any]], source: str, run_id: str) -> CVResult:
+    """The per-fold table (columns in a fixed order) and `describe()` of its finished folds."""
+    folds = pd.DataFrame(rows)
+    columns = metric_columns(folds)
+    leading = ["fold", "status", "seconds", *columns]
+    trailing = [c for c in ("best_epoch", "epochs_trained", "run_id", "model_uri", "error") if c in folds]
+    folds = folds[leading + trailing]
+    finished = folds[folds["status"] == FINISHED]
+    summary = finished[columns + ["seconds"]].astype(float).describe()
+    return CVResult(source, folds, summary, run_id)
+
+
+def metric_columns(folds: pd.DataFrame) -> list[str]:
+    """The validation then test metric columns of the fold table."""
+    return ([c for c in folds.columns if c.startswith("valid_")] +
+            [c for c in folds.columns if c.startswith("test_")])
+
+
+def summary_metrics(summary: pd.DataFrame) -> dict[str, float]:
+    """`{"cv_test_accuracy_mean": ..., "cv_seconds_std": ...}`: the parent run's metrics."""
+    return {f"cv_{column}_{statistic}": float(summary.at[statistic, column])
+            for column in summary.columns for statistic in SUMMARY_STATISTICS}
+
+
+def record_cv(tracker: MlflowTracker, result: CVResult) -> None:
+    """The fold table, the summary, the plot and the summary metrics, on the parent run."""
+    tracker.log_text(result.folds.to_csv(index=False), "cv/folds.csv")
+    tracker.log_text(result.summary.to_csv(index_label="statistic"), "cv/summary.csv")
+    tracker.log_figure(cv_metrics_figure(result.folds), "cv/metrics.png")
+    tracker.log_metrics({**summary_metrics(result.summary), "cv_folds_finished": result.finished,
+                         "cv_folds_failed": result.failed})
+
+
+def _record_parent_context(tracker: MlflowTracker, config: ExperimentConfig, source: str, fold_count: int,
+                           synthetic: bool) -> None:
+    tracker.set_tags({"medxp.kind": "cv", "dataset": config.dataset.name, "model": config.model.name,
+                      "cv.source": source, "cv.folds": str(fold_count), "data.synthetic": str(synthetic).lower()})
+    tracker.log_params({k: v for k, v in config.to_flat_dict().items() if not k.startswith("search.")})
+    tracker.log_dict(config.to_dict(), "config/resolved.yaml")
+
+
+def _check_active(tracker: MlflowTracker) -> None:
+    active = mlflow.active_run()
+    if active is None or active.info.run_id != tracker.run_id:
+        raise MedxpError(f"cross-validation: tracker run {tracker.run_id} is not the active MLflow run; "
+                         "expected to be called inside `with MlflowTracker.start(...) as tracker`")
+
+
+# ---------------------------------------------------------------- the plot
+
+
+def cv_metrics_figure(folds: pd.DataFrame) -> Figure:
+    """Validation and test metrics per fold (box plot + one point per fold), and seconds per fold.
+
+    Args:
+        folds: The fold table of `summarise` (failed folds are left out of the boxes).
+
+    Returns:
+        The figure, with three axes: validation metrics, test metrics, seconds per fold.
+    """
+    finished = folds[folds["status"] == FINISHED]
+    figure = Figure(figsize=(15, 5), layout="constrained")
+    valid_axes, test_axes, time_axes = figure.subplots(1, 3, width_ratios=(3, 3, 1.3))
+    columns = metric_columns(folds)
+    for axes, split in ((valid_axes, "valid"), (test_axes, "test")):
+        _metric_panel(axes, finished, [c for c in columns if c.startswith(f"{split}_")], split)
+    _time_panel(time_axes, folds)
+    if len(finished):
+        test_axes.legend(fontsize="small", loc="lower left", ncols=2)
+    return figure
+
+
+def _metric_panel(axes, finished: pd.DataFrame, columns: list[str], split: str) -> None:
+    """Box plot of each metric over the finished folds, each fold's value a coloured point."""
+    names = [column.removeprefix(f"{split}_") for column in columns]
+    values = [finished[column].astype(float).dropna().to_numpy() for column in columns]
+    if any(len(v) for v in values):
+        axes.boxplot(values, positions=range(1, len(columns) + 1), widths=0.5, showfliers=False)
+    offsets = np.linspace(-0.15, 0.15, max(len(finished), 1))
+    for offset, (_, row) in zip(offsets, finished.iterrows()):
+        axes.scatter(np.arange(1, len(columns) + 1) + offset, row[columns].astype(float), s=14,
+                     color=f"C{int(row['fold']) % 10}", label=f"fold {int(row['fold'])}", zorder=3)
+    axes.set_xticks(range(1, len(columns) + 1), names, rotation=40, ha="right")
+    axes.set(title=f"{'Validation' if split == 'valid' else 'Test'} metrics per fold (n={len(finished)})",
+             ylabel="value", ylim=(-0.02, 1.02))
+    axes.grid(alpha=0.3, axis="y")
+
+
+def _time_panel(axes, folds: pd.DataFrame) -> None:
+    """Seconds per fold as bars, failed folds in grey."""
+    colours = ["C0" if status == FINISHED else "lightgrey" for status in folds["status"]]
+    axes.bar(folds["fold"].astype(str), folds["seconds"].astype(float), color=colours)
+    axes.set(title="Time per fold (grey: failed)", xlabel="fold", ylabel="seconds")
+    axes.grid(alpha=0.3, axis="y")
