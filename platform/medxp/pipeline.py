@@ -15,6 +15,7 @@ from torch import nn
 from medxp.config import ExperimentConfig
 from medxp.data import DataModule, create_datamodule
 from medxp.models import InferenceModel, create_model
+from medxp.models.backbones import pretrained_input
 from medxp.tracking.base import Tracker
 from medxp.tracking.records import EpochLogger, record_context, record_evaluation, record_fit
 from medxp.training.evaluate import Evaluation, evaluate_model, evaluate_predictions
@@ -52,12 +53,15 @@ def run_experiment(config: ExperimentConfig, tracker: Tracker, callbacks: Sequen
     Returns:
         The result, whose `objective` is `val_<eval.primary_metric>` of the restored best weights.
     """
+    config = pretrained_input(config)  # pretrained backbones expect their own normalisation
     seed_everything(config.train.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     data = data if data is not None else create_datamodule(config)
     record_context(tracker, config, data)
     model = create_model(config.model, config.dataset)
+    tracker.set_tags({"model.weights_source": getattr(model, "weights_source", "random-init"),
+                      "model.weights_sha256": getattr(model, "weights_sha256", "")})
     fit, trainer = fit_in_stages(model, data, config, [EpochLogger(tracker), *callbacks], progress)
     record_fit(tracker, fit)
     evaluations = {}
@@ -65,20 +69,28 @@ def run_experiment(config: ExperimentConfig, tracker: Tracker, callbacks: Sequen
         evaluations[split] = evaluate_model(model, data.loader(split, 128), split, data.class_names, config.eval,
                                             trainer.device, config.model.channels_last)
         record_evaluation(tracker, evaluations[split])
-    model_uri = tracker.log_model(inference_model(model, config), example_batch(data)) if log_model else None
+    model_uri = tracker.log_model(inference_model(model, config, data), example_batch(data)) if log_model else None
     objective = evaluations["valid"].metrics[config.eval.primary_metric]
     log.info("test %s = %.4f", config.eval.primary_metric, evaluations["test"].metrics[config.eval.primary_metric])
     return ExperimentResult(objective, evaluations, fit, model, data, model_uri)
 
 
-def inference_model(model: nn.Module, config: ExperimentConfig) -> InferenceModel:
-    """The trained network wrapped to take [0, 1] pixels and return probabilities."""
+def inference_model(model: nn.Module, config: ExperimentConfig, data: DataModule) -> InferenceModel:
+    """The trained network wrapped to take [0, 1] pixels (or raw features) and return probabilities."""
+    if config.dataset.modality == "tabular":
+        return InferenceModel(model.cpu().eval(), data.feature_mean, data.feature_std).eval()
     return InferenceModel(model.cpu().eval(), config.dataset.mean, config.dataset.std).eval()
 
 
+def model_inputs(data: DataModule, split: str) -> torch.Tensor:
+    """A split as the logged model takes it: [0, 1] float pixels, or raw float features."""
+    stored = data.datasets[split].images
+    return stored.float() if stored.dtype.is_floating_point else stored.float() / 255.0
+
+
 def example_batch(data: DataModule, size: int = 2) -> Any:
-    """A few validation images as [0, 1] float32 numpy, the logged model's input example."""
-    return (data.datasets["valid"].images[:size].float() / 255.0).numpy()
+    """A few validation inputs as float32 numpy, the logged model's input example."""
+    return model_inputs(data, "valid")[:size].numpy()
 
 
 def evaluate_logged_model(config: ExperimentConfig, model_uri: str, tracker: Tracker,
@@ -96,8 +108,7 @@ def evaluate_logged_model(config: ExperimentConfig, model_uri: str, tracker: Tra
 
 
 def evaluate_inference_model(model: nn.Module, data: DataModule, split: str, config: ExperimentConfig) -> Evaluation:
-    """Scores a model that takes [0, 1] pixels and returns probabilities (what medxp logs) on one split."""
-    images = data.datasets[split].images
+    """Scores a model that takes what medxp logs (pixels or features) and returns probabilities, on one split."""
     with torch.no_grad():
-        y_prob = torch.cat([model(batch.float() / 255.0) for batch in images.split(256)]).numpy()
+        y_prob = torch.cat([model(batch) for batch in model_inputs(data, split).split(256)]).numpy()
     return evaluate_predictions(split, data.datasets[split].labels.numpy(), y_prob, data.class_names, config.eval)

@@ -54,9 +54,11 @@ def search_explain_register(config: ExperimentConfig, tracker: MlflowTracker, *,
     model = load_inference_model(search.best_model_uri)
     evaluation = evaluate_inference_model(model, data, "test", best)
     record_evaluation(tracker, evaluation)
-    explained = explain_model(model, data, best, tracker, num_samples=explain_samples)
+    explained = explain_model(model, data, best, tracker, num_samples=explain_samples) \
+        if best.dataset.modality == "image" else None
     version = register_model(tracker.run_id, search.best_model_uri, best, synthetic=data.synthetic)
     log.info("registered %s version %s (test accuracy %.4f)", version.name, version.version,
              evaluation.metrics["accuracy"])
     return MainResult(search, evaluation.metrics, version.name, str(version.version),
-                      explained.disc_weight_share, explained.disc_area_share)
+                      explained.disc_weight_share if explained else None,
+                      explained.disc_area_share if explained else None)

@@ -1,52 +1,141 @@
-"""Every registered model against every project's spec, and what `unfrozen_layers` leaves trainable."""
+"""Every registered model against every project's spec, and what `unfrozen_layers` leaves trainable.
+
+Seed architectures and a representative few timm backbones are built for real on every
+project; every registered timm backbone is also built on the meta device (shapes only,
+no memory, no weight init cost), which keeps resnet152 or efficientnet_b7 out of the
+slow path while still checking that each one builds and gives (batch, classes).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+import timm
 import torch
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from medxp.config import load_project, project_names
 from medxp.errors import MedxpError
 from medxp.models import InferenceModel, create_model, model_names
+from medxp.models.backbones import TIMM_BACKBONES
+from medxp.models.factory import model_info
+
+REAL_TIMM_SUBSET = ("resnet18", "tf_efficientnet_lite0", "mobilenetv3_small_100")
+REAL_BUILDS = [name for name in model_names() if name not in TIMM_BACKBONES or name in REAL_TIMM_SUBSET]
+
+
+def spec_for(project: str, name: str):
+    """The project's config for `name`, its image size raised to what the model accepts."""
+    config = load_project(project, {"model": name})
+    size = max(config.dataset.image_size, model_info(name).min_input_size)
+    return config, dataclasses.replace(config.dataset, image_size=size)
+
+
+def example_inputs(spec, batch: int = 2, device: str = "cpu") -> torch.Tensor:
+    if spec.modality == "tabular":
+        return torch.randn(batch, len(spec.feature_columns), device=device)
+    images = torch.rand(batch, spec.channels, spec.image_size, spec.image_size, device=device)
+    return images.contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("project", project_names())
-@pytest.mark.parametrize("name", model_names())
+@pytest.mark.parametrize("name", REAL_BUILDS)
 def test_every_model_gives_logits_per_class_for_every_project(project, name):
-    config = load_project(project, {"model": name})
-    spec = config.dataset
+    config, spec = spec_for(project, name)
+    if spec.modality not in model_info(name).modalities:
+        with pytest.raises(MedxpError, match=rf"'{name}' reads .* is {spec.modality}"):
+            create_model(config.model, spec)
+        return
+    torch.manual_seed(0)
     model = create_model(config.model, spec).eval()
-    images = torch.rand(2, spec.channels, spec.image_size, spec.image_size)
     with torch.no_grad():
-        logits = model(images.contiguous(memory_format=torch.channels_last))
+        logits = model(example_inputs(spec))
     assert logits.shape == (2, len(spec.class_names))
     assert torch.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("name", TIMM_BACKBONES)
+def test_every_timm_backbone_builds_for_a_grey_many_class_spec(name):
+    config, spec = spec_for("organsmnist" if "organsmnist" in project_names() else "glaucoma", name)
+    with torch.device("meta"):
+        model = create_model(config.model, spec).eval()
+        logits = model(example_inputs(spec, device="meta"))
+    assert logits.shape == (2, len(spec.class_names))
+
+
+def test_registered_timm_names_are_timm_models_with_pretrained_configs():
+    available = set(timm.list_models())
+    assert set(TIMM_BACKBONES) <= available
+    for name in TIMM_BACKBONES:
+        assert model_info(name).default_input_size == timm.get_pretrained_cfg(name).input_size[-1]
+
+
+def test_any_timm_model_by_prefix():
+    config = load_project("glaucoma", {"model": "timm/resnet10t"})
+    model = create_model(config.model, config.dataset).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 64, 64)).shape == (1, 2)
+    with pytest.raises(MedxpError, match="timm has no model 'resnet19'"):
+        create_model(config.replace({"model": "timm/resnet19"}).model, config.dataset)
+
+
 def test_unknown_model_lists_the_valid_names():
     config = load_project("glaucoma", {"model": "resnet19"})
-    with pytest.raises(MedxpError, match=r"unknown model 'resnet19'.*resnet18.*small_cnn"):
+    with pytest.raises(MedxpError, match=r"unknown model 'resnet19'.*covid_cnn.*resnet18.*small_cnn"):
         create_model(config.model, config.dataset)
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_timm_head_pools_then_normalises_then_drops_out(pooling):
+    config = load_project("glaucoma", {"model": "resnet18", "model.head_pooling": pooling,
+                                       "model.head_batch_norm": True, "model.head_dropout": 0.4})
+    model = create_model(config.model, config.dataset)
+    kinds = [type(layer).__name__ for layer in model.head]
+    assert kinds == ["BatchNorm1d", "Dropout", "Linear"]
+    assert model.head[1].p == 0.4
+    assert model.backbone.global_pool.pool_type == pooling
 
 
 def trainable(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
+def weight_layers(model) -> list[torch.nn.Module]:
+    """Modules with weights of their own, batch norm excluded, in order (the head's come last)."""
+    return [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))
+            and not isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18", "tf_efficientnet_lite0"])
 def test_unfrozen_layers_freezes_what_it_says(name):
     config = load_project("glaucoma", {"model": name})
     everything = create_model(config.model, config.dataset)
     head_only = create_model(config.replace({"unfrozen_layers": 0}).model, config.dataset)
     last_two = create_model(config.replace({"unfrozen_layers": 2}).model, config.dataset)
-    head = sum(p.numel() for p in (head_only.get_classifier() if name != "small_cnn" else head_only.head).parameters())
+    head = sum(p.numel() for p in head_only.head.parameters())
     assert trainable(everything) == sum(p.numel() for p in everything.parameters())
     assert trainable(head_only) == head
-    weight_layers = [m for m in last_two.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    expected = head + sum(p.numel() for m in weight_layers[-3:-1] for p in m.parameters())
-    assert trainable(last_two) == expected
-    assert not any(p.requires_grad for m in last_two.modules() if isinstance(m, torch.nn.BatchNorm2d)
-                   for p in m.parameters())
+    head_layers = len([m for m in last_two.head.modules() if m in weight_layers(last_two)])
+    backbone_layers = weight_layers(last_two)[:-head_layers]
+    assert trainable(last_two) == head + sum(p.numel() for m in backbone_layers[-2:] for p in m.parameters())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in last_two.modules())
+
+
+def test_frozen_batch_norm_keeps_its_running_statistics_in_train_mode():
+    config = load_project("glaucoma", {"model": "small_cnn", "unfrozen_layers": 1})
+    model = create_model(config.model, config.dataset).train()
+    norms = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert len(norms) == 4
+    before = [n.running_mean.clone() for n in norms]
+    model(torch.rand(4, 3, 64, 64) * 5)
+    assert all(torch.equal(b, n.running_mean) for b, n in zip(before, norms))
+
+
+def test_all_layers_unfrozen_keeps_ordinary_batch_norm():
+    config = load_project("glaucoma", {"model": "small_cnn", "unfrozen_layers": -1})
+    model = create_model(config.model, config.dataset)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 4
 
 
 def test_inference_model_takes_pixels_and_returns_probabilities():
@@ -57,3 +146,11 @@ def test_inference_model_takes_pixels_and_returns_probabilities():
         probabilities = model(torch.rand(batch, 3, 64, 64))
         assert probabilities.shape == (batch, 2)
         assert torch.allclose(probabilities.sum(1), torch.ones(batch))
+
+
+def test_inference_model_standardises_feature_rows():
+    network = torch.nn.Linear(3, 2)
+    model = InferenceModel(network, [1.0, 2.0, 3.0], [2.0, 2.0, 2.0]).eval()
+    rows = torch.tensor([[1.0, 2.0, 3.0]])
+    expected = torch.softmax(network(torch.zeros(1, 3)), dim=1)
+    assert torch.allclose(model(rows), expected)

@@ -20,6 +20,16 @@ import medxp
 
 log = logging.getLogger(__name__)
 
+
+class _PickleNoticeFilter(logging.Filter):
+    """Drops MLflow's notice about pickled models: medxp pickles on purpose (see `log_model`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Saving pytorch model by Pickle")
+
+
+logging.getLogger("mlflow.pytorch").addFilter(_PickleNoticeFilter())
+
 # MLflow params are strings of at most 6000 characters; keep ours well below.
 _MAX_PARAM_LENGTH = 500
 
