@@ -508,7 +508,8 @@ def _search_checks(search: SearchConfig, train_epochs: int) -> list[tuple[str, b
         ("search.max_concurrent", search.max_concurrent >= 1, "at least one concurrent trial"),
         ("search.timeout", search.timeout >= 0, "seconds >= 0 (0: no time limit)"),
         ("search.max_epochs", search.max_epochs >= 0, "epochs >= 0 (0: train.epochs)"),
-        ("search.grace_period", 1 <= search.grace_period <= max_epochs,
+        # Against train.epochs (max_epochs 0) only when a search starts: a single run may train less.
+        ("search.grace_period", search.grace_period >= 1 and (not search.max_epochs or search.grace_period <= max_epochs),
          f"1 to {max_epochs} epochs (search.max_epochs, or train.epochs when it is 0)"),
         ("search.reduction_factor", search.reduction_factor > 1, "a factor > 1"),
         ("search.startup_trials", search.startup_trials >= 0, "a count >= 0"),

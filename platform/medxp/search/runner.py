@@ -88,6 +88,9 @@ def run_search(config: ExperimentConfig, *, search_name: str | None = None, pare
     epoch_metric = _epoch_metric(config)
     ensure_data(config)  # once, here: trials must never generate the demo data concurrently
     base = trial_base_config(config)
+    if config.search.grace_period > base.train.epochs:
+        raise MedxpError(f"{config.source}: 'search.grace_period' = {config.search.grace_period}: expected at most "
+                         f"the {base.train.epochs} epochs a trial may train (search.max_epochs, or train.epochs)")
     name = search_name or config.search.name or _default_name(config, space)
     tracking_uri = absolute_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
