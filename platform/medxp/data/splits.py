@@ -41,7 +41,8 @@ def carve(labels: Sequence[int], fraction: float, seed: int, groups: Sequence[st
     indices = np.arange(len(labels))
     try:
         if groups is None:
-            kept, carved = train_test_split(indices, test_size=fraction, stratify=labels, random_state=seed)
+            carved_count = round(fraction * len(labels))  # rounded, not ceiled: 0.2 / 0.9 of 360 is 80
+            kept, carved = train_test_split(indices, test_size=carved_count, stratify=labels, random_state=seed)
         else:
             kept, carved = _grouped_carve(labels, np.asarray(groups), fraction, seed)
     except ValueError as error:
