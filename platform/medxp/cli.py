@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--register", nargs="?", const="true", default="false", choices=("true", "false"),
                           help="register the ensemble as a new version of the dataset's model")
     ensemble.set_defaults(handler=_ensemble)
+    download = verbs.add_parser("download", help="fetch a project's data (MedMNIST; Kaggle with credentials)")
+    download.add_argument("project", help="a folder under projects/, e.g. pneumoniamnist")
+    download.add_argument("--target", default="", help="where to put it (default: the project's data_dir)")
+    download.add_argument("--force", action="store_true", help="fetch again even if the data is there")
+    download.set_defaults(handler=_download)
     listing = verbs.add_parser("list", help="list datasets and models")
     listing.set_defaults(handler=_list)
     return parser
@@ -207,6 +212,13 @@ def _ensemble(args: argparse.Namespace) -> None:
         if result.registered_version else ""
     print(f"ensemble of {len(args.model_uris.split())}: test accuracy {test['accuracy']:.4f}; model {result.model_uri}"
           f"{registered}")
+
+
+def _download(args: argparse.Namespace) -> None:
+    from medxp.data.download import download_project
+
+    path = download_project(args.project, args.target or None, force=args.force)
+    print(f"{args.project}: data in {path}")
 
 
 def _promote(args: argparse.Namespace) -> None:

@@ -319,7 +319,7 @@ def test_disc_weight_share_without_positive_weight_is_nan_and_bad_radius_is_refu
 def tiny_run(tiny_config):
     data = create_datamodule(tiny_config)
     torch.manual_seed(0)
-    model = inference_model(create_model(tiny_config.model, tiny_config.dataset), tiny_config)
+    model = inference_model(create_model(tiny_config.model, tiny_config.dataset), tiny_config, data)
     return model, data, tiny_config
 
 
