@@ -212,7 +212,7 @@ def _version_tags(run: Run, config: ExperimentConfig, synthetic: bool, model_id:
     metric = f"test_{config.eval.primary_metric}"
     tags = {
         "dataset": config.dataset.name,
-        "model": config.model.name,
+        "model": run.data.tags.get("model", config.model.name),  # "ensemble" for an ensemble run
         "data.fingerprint": run.data.tags["data.fingerprint"],
         "data.synthetic": str(synthetic).lower(),
         "primary_metric": metric,
@@ -233,7 +233,7 @@ def model_card(run: Run, config: ExperimentConfig, synthetic: bool, *, name: str
                attached: list[str]) -> str:
     """The version description: a short Markdown model card built from the run and its config."""
     sections = [
-        f"### {name} v{version}: {config.model.name}",
+        f"### {name} v{version}: {run.data.tags.get('model', config.model.name)}",
         _data_section(run, config, synthetic),
         _metrics_section(run, config),
         _training_section(run, config),
@@ -285,7 +285,9 @@ def _training_section(run: Run, config: ExperimentConfig) -> str:
     trained = ""
     if "epochs_trained" in metrics:
         trained = f" (trained {int(metrics['epochs_trained'])}, best epoch {int(metrics.get('best_epoch', 0))})"
-    return (f"**Training**: {model.name} (pretrained={model.pretrained}, dropout {model.dropout}, "
+    dropout = "/".join(f"{value:.3g}" for value in model.dropout)
+    return (f"**Training**: {run.data.tags.get('model', model.name)} (pretrained={model.pretrained}, "
+            f"dropout {dropout}, "
             f"unfrozen_layers {model.unfrozen_layers}); optimizer {train.optimizer}, lr {train.lr:g}, "
             f"weight decay {train.weight_decay:g}, batch size {train.batch_size}, epochs {train.epochs}{trained}, "
             f"patience {train.patience} on {train.monitor}, seed {train.seed}.")
