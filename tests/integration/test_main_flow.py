@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
 
 from medxp.cli import main
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -18,9 +24,14 @@ TINY_SEARCH = ("data.demo_images_per_class=24 data.demo_folds=3 data.demo_image_
 def test_main_registers_a_demo_model_that_promote_makes_champion(tmp_path, mlflow_store, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     data_dir = f"data_dir={tmp_path / 'data'}"
-    assert main(["main", "--dataset", "glaucoma", "--no-progress", "--explain-samples", "100",
-                 "--name", "flow", "--set", data_dir, "--set", TINY_SEARCH]) == 0
-    assert "registered glaucoma-classifier-demo version 1" in capsys.readouterr().out
+    bin_dir = Path(sys.executable).parent
+    command = [str(bin_dir / "mlflow"), "run", str(REPO), "--env-manager", "local", "--experiment-name", "glaucoma",
+               "-P", "dataset=glaucoma", "-P", f"data_dir={tmp_path / 'data'}", "-P", "search_name=flow",
+               "-P", f"overrides={TINY_SEARCH}"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "registered glaucoma-classifier-demo version 1" in done.stdout
 
     client = mlflow.MlflowClient()
     [parent] = mlflow.search_runs(experiment_names=["glaucoma"], filter_string="tags.`medxp.kind` = 'search'",

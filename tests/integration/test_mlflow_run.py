@@ -1,4 +1,6 @@
-"""End to end: `mlflow run . --env-manager local` on a tiny demo set, checked in the tracking store."""
+"""End to end: `mlflow run . -e train --env-manager local` on a tiny demo set, checked in the tracking store.
+
+(`mlflow run .` with the default entry point, the search, is exercised by test_main_flow.py.)"""
 
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ def test_mlflow_run_trains_tracks_and_logs_a_loadable_model(tmp_path, mlflow_sto
     mlflow_cli = Path(sys.executable).parent / "mlflow"
     overrides = ("data.demo_images_per_class=24 data.demo_folds=3 data.demo_image_size=48 "
                  "dataset.image_size=32 model.channels=[8,16] eval.bootstrap_resamples=100")
-    command = [str(mlflow_cli), "run", str(REPO), "--env-manager", "local", "--experiment-name", "glaucoma",
+    command = [str(mlflow_cli), "run", str(REPO), "-e", "train", "--env-manager", "local",
+               "--experiment-name", "glaucoma",
                "-P", "dataset=glaucoma", "-P", f"data_dir={tmp_path / 'data'}", "-P", "epochs=3",
                "-P", f"overrides={overrides}"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
