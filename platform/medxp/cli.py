@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--register", nargs="?", const="true", default="false", choices=("true", "false"),
                           help="register the ensemble as a new version of the dataset's model")
     ensemble.set_defaults(handler=_ensemble)
+    audit = verbs.add_parser("audit", help="class balance, sizes, unreadable files, duplicates and leakage")
+    _add_config_arguments(audit)
+    audit.add_argument("--output", default="", help="folder for report.html and report.json (default: audit/<dataset>)")
+    audit.set_defaults(handler=_audit)
     download = verbs.add_parser("download", help="fetch a project's data (MedMNIST; Kaggle with credentials)")
     download.add_argument("project", help="a folder under projects/, e.g. pneumoniamnist")
     download.add_argument("--target", default="", help="where to put it (default: the project's data_dir)")
@@ -212,6 +216,27 @@ def _ensemble(args: argparse.Namespace) -> None:
         if result.registered_version else ""
     print(f"ensemble of {len(args.model_uris.split())}: test accuracy {test['accuracy']:.4f}; model {result.model_uri}"
           f"{registered}")
+
+
+def _audit(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from medxp.data.audit import log_audit
+    from medxp.data.datamodule import audit_data
+    from medxp.tracking.mlflow_tracker import MlflowTracker
+
+    config = load_config(args)
+    with MlflowTracker.start(config.dataset.name, run_name=f"audit-{config.dataset.name}",
+                             tags={"medxp.kind": "audit", "dataset": config.dataset.name}) as tracker:
+        report = audit_data(config)
+        log_audit(report, tracker)
+    output = Path(args.output or Path("audit") / config.dataset.name)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "report.html").write_text(report.to_html())
+    (output / "report.json").write_text(json.dumps(report.to_json(), indent=2))
+    print(report.summary_text())
+    print(f"report: {output / 'report.html'} (and in MLflow run {tracker.run_id})")
 
 
 def _download(args: argparse.Namespace) -> None:

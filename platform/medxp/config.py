@@ -177,6 +177,15 @@ class CVConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The dataset audit before training: what to do about images that sit in two splits."""
+
+    on_leak: str = "off"
+    near_duplicate_distance: int = 12
+    fail_on_unreadable: bool = False
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """Everything one run needs; `source` is the project file it came from."""
 
@@ -186,6 +195,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     cv: CVConfig = field(default_factory=CVConfig)
     source: str = ""
 
@@ -246,6 +256,7 @@ _CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.scheduler": ("none", "cosine", "onecycle", "plateau"),
     "data.sampler": ("none", "oversample"),
+    "audit.on_leak": ("off", "warn", "fail", "drop"),
     "data.valid_sampler": ("none", "test_ratio"),
     "eval.primary_metric": ("accuracy", "f1_macro", "f1_weighted", "roc_auc"),
     "search.sampler": ("tpe", "random"),
@@ -458,6 +469,8 @@ def _validate(config: ExperimentConfig, origin: str) -> None:
         ("model.unfrozen_layers", config.model.unfrozen_layers >= -1, "-1 (all), 0 (head only) or a layer count"),
         ("eval.confidence", 0 < config.eval.confidence < 1, "a level in (0, 1)"),
         ("cv.folds", config.cv.folds == 0 or config.cv.folds >= 2, "0 (all given folds, or 5) or a count >= 2"),
+        ("audit.near_duplicate_distance", 0 <= config.audit.near_duplicate_distance < 64,
+         "0 to 63 bits of the 256-bit perceptual hash"),
         ("train.label_smoothing", 0 <= config.train.label_smoothing < 1, "a value in [0, 1)"),
         ("train.grad_clip_norm", config.train.grad_clip_norm >= 0, "a norm >= 0 (0: no clipping)"),
         ("train.warmup_epochs", 0 <= config.train.warmup_epochs < config.train.epochs, "0 to train.epochs - 1"),

@@ -71,6 +71,7 @@ class DataModule:
     num_workers: int = 0
     files: dict[str, LabelledFiles] = field(default_factory=dict)
     split_hash: str = ""
+    audit: object | None = None  # the AuditReport, when `audit.on_leak` asked for one
 
     def loader(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> DataLoader:
         """A DataLoader over one split; shuffling is seeded so runs repeat."""
@@ -93,17 +94,53 @@ def create_datamodule(config: ExperimentConfig) -> DataModule:
     root = ensure_data(config)
     source = read_source(root, config)
     spec = config.dataset
-    datasets = {}
+    report, dropped = None, {}
+    if config.audit.on_leak != "off":
+        from medxp.data.audit import leak_policy
+
+        report = audit_source(source, config)
+        dropped = leak_policy(report, config.audit.on_leak, config.audit.fail_on_unreadable)
+    datasets, files = {}, {}
     for split, part in source.splits.items():
         transform = create_transforms(spec, train=split == "train", augment=config.data.augment,
                                       preset=config.data.augmentation)
-        datasets[split] = ArrayDataset(split_images(source, split, config), part.labels, transform)
-    files = {split: part.files for split, part in source.splits.items()}
+        keep = _kept_rows(len(part.labels), dropped.get(split, []))
+        images, labels = split_images(source, split, config), part.labels
+        if keep is not None:
+            images, labels = images[keep], labels[keep]
+        datasets[split] = ArrayDataset(images, labels, transform)
+        files[split] = [item for row, item in enumerate(part.files) if keep is None or keep[row]]
     module = DataModule(spec.class_names, datasets, root, source.fingerprint, is_generated(root),
-                        config.data.num_workers, files, source.split_hash)
+                        config.data.num_workers, files, source.split_hash, report)
     if module.synthetic:
         log.warning("DEMO DATA: %s is GENERATED synthetic data, not real patients", root)
     return module
+
+
+def audit_data(config: ExperimentConfig):
+    """The audit (medxp.data.audit.AuditReport) of the project's data as the run would read it."""
+    return audit_source(read_source(ensure_data(config), config), config)
+
+
+def audit_source(source, config: ExperimentConfig):
+    """Audits files where the source has them, else its decoded arrays (MedMNIST)."""
+    from medxp.data.audit import audit_arrays, audit_files
+
+    options = {"max_distance": config.audit.near_duplicate_distance, "dataset": config.dataset.name}
+    if all(part.files for part in source.splits.values()):
+        return audit_files({split: part.files for split, part in source.splits.items()},
+                           config.dataset.class_names, **options)
+    arrays = {split: (split_images(source, split, config), part.labels) for split, part in source.splits.items()}
+    return audit_arrays(arrays, config.dataset.class_names, **options)
+
+
+def _kept_rows(count: int, dropped: list[int]) -> np.ndarray | None:
+    """A boolean mask without the dropped rows, or None when nothing is dropped."""
+    if not dropped:
+        return None
+    keep = np.ones(count, dtype=bool)
+    keep[dropped] = False
+    return keep
 
 
 def ensure_data(config: ExperimentConfig) -> Path:

@@ -31,6 +31,10 @@ def record_context(tracker: Tracker, config: ExperimentConfig, data: DataModule)
     })
     # Search settings are the search parent run's params, not a training run's.
     tracker.log_params({k: v for k, v in config.to_flat_dict().items() if not k.startswith("search.")})
+    if getattr(data, "audit", None) is not None:
+        from medxp.data.audit import log_audit
+
+        log_audit(data.audit, tracker)
     tracker.log_dict(config.to_dict(), "config/resolved.yaml")
     tracker.log_dict({
         "python": system_platform.python_version(),
