@@ -181,7 +181,7 @@ class AuditConfig:
     """The dataset audit before training: what to do about images that sit in two splits."""
 
     on_leak: str = "off"
-    near_duplicate_distance: int = 12
+    near_duplicate_distance: int = 16
     fail_on_unreadable: bool = False
 
 

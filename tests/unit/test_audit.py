@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -10,7 +11,8 @@ from PIL import Image, ImageEnhance
 from skimage import data
 
 from medxp.config import load_project
-from medxp.data.audit import audit_arrays, audit_files, leak_policy, log_audit
+from medxp.data.audit import apply_leak_policy, audit_arrays, audit_files, leak_policy, log_audit
+from medxp.data.folds import read_folds_layout
 from medxp.data.datamodule import create_datamodule
 from medxp.errors import MedxpError
 from medxp.tracking import NullTracker
@@ -127,3 +129,70 @@ def test_drop_policy_removes_the_leaking_test_copy_before_training(tmp_path, dem
     assert len(dropped.audit.leaking_pairs) >= 1
     with pytest.raises(MedxpError, match="leaked_copy.jpg"):
         create_datamodule(config.replace({"audit.on_leak": "fail"}))
+
+
+@pytest.mark.parametrize("variant", ["jpeg_quality_50", "resized_half", "large_resized"])
+def test_re_encoded_or_resized_copy_in_test_is_a_near_duplicate_leak(layout, tmp_path, variant):
+    original = picture(1, 128).convert("RGB")
+    if variant == "large_resized":  # big pictures are shrunk before hashing: the path real scans take
+        original = original.resize((768, 768), Image.Resampling.BICUBIC)
+        original.save(layout["train"][1][0])
+    copy = tmp_path / "test" / f"copy_{variant}.jpg"
+    if variant == "jpeg_quality_50":
+        original.save(copy, quality=50)
+    else:
+        original.resize((original.width // 2, original.height // 2), Image.Resampling.BILINEAR).save(copy, quality=90)
+    layout["test"][3] = (copy, layout["test"][3][1])
+    [leak] = audit_files(layout, CLASSES, dataset="toy").leaking_pairs
+    assert (leak.first.source, leak.second.source, leak.exact) == (str(layout["train"][1][0]), str(copy), False)
+
+
+def test_imbalance_and_an_empty_class_give_strict_json(layout):
+    layout["train"] = [(path, 0) for path, _ in layout["train"][:5]] + [(layout["train"][5][0], 1)]
+    layout["test"] = [(path, 0) for path, _ in layout["test"]]
+    report = audit_files(layout, CLASSES, dataset="toy")
+    assert report.class_counts()["train"] == {"normal": 5, "abnormal": 1}
+    assert report.imbalance()["train"] == 5.0
+    as_json = report.to_json()
+    assert as_json["imbalance"] == {"train": 5.0, "valid": 1.0, "test": None}
+    json.dumps(as_json, allow_nan=False)  # MLflow artifacts must stay strict JSON
+
+
+def test_a_label_outside_the_classes_is_an_error_naming_the_split(layout):
+    layout["valid"][0] = (layout["valid"][0][0], 2)
+    with pytest.raises(MedxpError, match=r"split 'valid': label 2 .* expected 0 to 1"):
+        audit_files(layout, CLASSES)
+
+
+def test_apply_leak_policy_drops_the_test_copy_from_file_lists_and_arrays(layout):
+    shutil.copy(layout["train"][2][0], layout["test"][5][0])
+    report = audit_files(layout, CLASSES, dataset="toy")
+    kept = apply_leak_policy(report, layout, "drop")
+    assert [len(kept[split]) for split in ("train", "valid", "test")] == [6, 6, 5]
+    assert layout["test"][5] not in kept["test"] and layout["train"][2] in kept["train"]
+    assert apply_leak_policy(report, layout, "warn") == layout
+    with pytest.raises(MedxpError, match="train2.png.*test5.png"):
+        apply_leak_policy(report, layout, "fail")
+    with pytest.raises(MedxpError, match="on_leak = 'ignore'"):
+        apply_leak_policy(report, layout, "ignore")
+    with pytest.raises(MedxpError, match="audit these files again"):
+        apply_leak_policy(report, {**layout, "test": layout["test"][:4]}, "drop")
+
+
+def test_arrays_leak_is_dropped_and_shown_with_thumbnails():
+    train = np.stack([np.asarray(picture(i, 32))[None][:, :, :, 0] for i in range(6)])
+    test = np.stack([np.asarray(picture(6 + i, 32))[None][:, :, :, 0] for i in range(3)])
+    test[1] = train[4]
+    arrays = {"train": (train, np.zeros(6, int)), "test": (test, np.ones((3, 1), int))}
+    report = audit_arrays(arrays, CLASSES, dataset="arrays")
+    assert report.to_html().count("data:image/png;base64,") == 2
+    kept = apply_leak_policy(report, arrays, "drop")
+    assert kept["test"][0].shape == (2, 1, 32, 32) and not (kept["test"][0] == train[4]).all(axis=(1, 2, 3)).any()
+
+
+def test_one_fold_of_the_demo_data_has_no_leakage(demo_root):
+    files = read_folds_layout(demo_root, 0, CLASSES)
+    names = {split: {path.name for path, _ in labelled} for split, labelled in files.items()}
+    assert not (names["train"] & names["valid"] or names["train"] & names["test"] or names["valid"] & names["test"])
+    report = audit_files(files, CLASSES, dataset="demo")
+    assert report.leaking_pairs == [] and report.unreadable == []

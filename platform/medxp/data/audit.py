@@ -6,7 +6,7 @@ copies more often than one would hope. `audit_files` / `audit_arrays` scan every
 once (medxp.data.audit_scan) and pair duplicates (medxp.data.audit_duplicates); the
 report prints, renders as JSON and HTML, and logs to MLflow. `leak_policy` turns the
 setting `audit.on_leak` into what training does about leaks: warn, fail, or drop the
-held-out copies.
+held-out copies; `apply_leak_policy` does the same to labelled file lists or arrays.
 """
 
 from __future__ import annotations
@@ -19,20 +19,24 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
 from medxp.data.audit_duplicates import DuplicatePair, find_duplicate_pairs
-from medxp.data.audit_scan import ImageRecord, scan_arrays, scan_files
+from medxp.data.audit_scan import ImageRecord, array_to_image, scan_arrays, scan_files
 from medxp.errors import MedxpError
 
 log = logging.getLogger(__name__)
 
 # Leaking pairs shown with thumbnails in the HTML report.
 THUMBNAIL_PAIRS = 6
+THUMBNAIL_SIZE = 96
+# Pairs listed per list in report.json; the counts beside them cover all pairs.
+MAX_LISTED_PAIRS = 1000
+LEAK_POLICIES = ("off", "warn", "fail", "drop")
 
 
 @dataclass
@@ -46,6 +50,7 @@ class AuditReport:
     max_distance: int
     seconds: float = 0.0
     dropped: dict[str, list[int]] = field(default_factory=dict)
+    thumbnails: dict[str, str] = field(default_factory=dict)  # source -> inline PNG of the first leaking pairs
 
     @property
     def leaking_pairs(self) -> list[DuplicatePair]:
@@ -112,9 +117,15 @@ class AuditReport:
         return {
             "dataset": self.dataset, "images": len(self.records), "seconds": self.seconds,
             "near_duplicate_distance_bits": self.max_distance,
-            "leaking_pairs": [pair.to_json() for pair in self.leaking_pairs],
-            "duplicate_pairs_within_splits": [pair.to_json() for pair in self.pairs if not pair.leaking],
-            "class_counts": self.class_counts(), "imbalance": self.imbalance(),
+            "counts": {"leaking_pairs": len(self.leaking_pairs), "exact_duplicates": len(self.exact_duplicates),
+                       "near_duplicates": len(self.near_duplicates), "unreadable": len(self.unreadable),
+                       "leaking_by_splits": dict(Counter(pair.splits for pair in self.leaking_pairs))},
+            "leaking_pairs": [pair.to_json() for pair in self.leaking_pairs[:MAX_LISTED_PAIRS]],
+            "duplicate_pairs_within_splits": [pair.to_json() for pair in self.pairs
+                                              if not pair.leaking][:MAX_LISTED_PAIRS],
+            "class_counts": self.class_counts(),
+            # Strict JSON has no Infinity: a split with an empty class has no ratio.
+            "imbalance": {split: ratio if np.isfinite(ratio) else None for split, ratio in self.imbalance().items()},
             "sizes": {f"{w}x{h}": n for (w, h), n in self.sizes().most_common()},
             "modes": dict(self.modes()),
             "unreadable": [{"split": r.split, "source": r.source, "problem": r.problem, "error": r.error}
@@ -128,25 +139,44 @@ class AuditReport:
 
 
 def audit_files(files: Mapping[str, Sequence[tuple[Path, int]]], class_names: Sequence[str], *,
-                max_distance: int = 12, dataset: str = "") -> AuditReport:
+                max_distance: int = 16, dataset: str = "") -> AuditReport:
     """Audits labelled image files: `{"train": [(path, label), ...], "valid": ..., "test": ...}`."""
     started = time.perf_counter()
+    _check_labels({split: [label for _, label in labelled] for split, labelled in files.items()}, class_names)
     records = scan_files(files)
-    return _report(records, class_names, max_distance, dataset, started)
+    return _report(records, class_names, max_distance, dataset, started, _load_file)
 
 
 def audit_arrays(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], class_names: Sequence[str], *,
-                 max_distance: int = 12, dataset: str = "") -> AuditReport:
+                 max_distance: int = 16, dataset: str = "") -> AuditReport:
     """Audits decoded arrays (MedMNIST): `{"train": (images uint8 N,C,H,W, labels), ...}`."""
     started = time.perf_counter()
+    _check_labels({split: np.asarray(labels).ravel().tolist() for split, (_, labels) in arrays.items()},
+                  class_names)
     records = scan_arrays(arrays)
-    return _report(records, class_names, max_distance, dataset, started)
+
+    def load(record: ImageRecord) -> Image.Image:
+        return array_to_image(np.asarray(arrays[record.split][0])[record.index])
+
+    return _report(records, class_names, max_distance, dataset, started, load)
 
 
 def _report(records: list[ImageRecord], class_names: Sequence[str], max_distance: int, dataset: str,
-            started: float) -> AuditReport:
+            started: float, load: Callable[[ImageRecord], Image.Image]) -> AuditReport:
     pairs = find_duplicate_pairs(records, max_distance)
-    return AuditReport(dataset, tuple(class_names), records, pairs, max_distance, time.perf_counter() - started)
+    report = AuditReport(dataset, tuple(class_names), records, pairs, max_distance)
+    report.thumbnails = _thumbnails(report.leaking_pairs[:THUMBNAIL_PAIRS], load)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _check_labels(labels: Mapping[str, Sequence[int]], class_names: Sequence[str]) -> None:
+    """Raises naming the split when a label is no index into `class_names`."""
+    for split, values in labels.items():
+        bad = [value for value in values if not 0 <= int(value) < len(class_names)]
+        if bad:
+            raise MedxpError(f"split '{split}': label {bad[0]} is not a class index; expected 0 to "
+                             f"{len(class_names) - 1} for the classes {list(class_names)}")
 
 
 def leak_policy(report: AuditReport, on_leak: str, fail_on_unreadable: bool = False) -> dict[str, list[int]]:
@@ -163,12 +193,14 @@ def leak_policy(report: AuditReport, on_leak: str, fail_on_unreadable: bool = Fa
     Raises:
         MedxpError: leaks with `fail`, or unreadable images with `fail_on_unreadable`.
     """
+    if on_leak not in LEAK_POLICIES:
+        raise MedxpError(f"audit.on_leak = {on_leak!r}: expected one of {', '.join(LEAK_POLICIES)}")
     if fail_on_unreadable and report.unreadable:
         first = report.unreadable[0]
         raise MedxpError(f"{first.source}: {first.problem} ({first.error}); {len(report.unreadable)} unreadable "
                          f"image(s) in {report.dataset} and audit.fail_on_unreadable is set")
     leaks = report.leaking_pairs
-    if not leaks:
+    if not leaks or on_leak == "off":
         return {}
     first = leaks[0]
     described = (f"{len(leaks)} image(s) appear in two splits (data leakage), e.g. {first.first.source} "
@@ -187,6 +219,39 @@ def leak_policy(report: AuditReport, on_leak: str, fail_on_unreadable: bool = Fa
     log.warning("DATA LEAKAGE in %s: %s; dropped the later copies (%s)", report.dataset, described,
                 ", ".join(f"{split}: {len(rows)}" for split, rows in report.dropped.items()))
     return report.dropped
+
+
+def apply_leak_policy(report: AuditReport, files: Mapping[str, Any], on_leak: str) -> dict[str, Any]:
+    """`leak_policy` applied to what was audited: the files (or arrays) without the dropped copies.
+
+    Args:
+        report: The audit of exactly these `files`.
+        files: `{split: [(path, label), ...]}`, or `{split: (images, labels)}` arrays.
+        on_leak: `off`, `warn`, `fail` or `drop` (see `leak_policy`).
+
+    Returns:
+        A new dict; with `drop`, each split without its leaking held-out copies.
+
+    Raises:
+        MedxpError: leakage with `fail`, or files that are not the ones audited.
+    """
+    audited = Counter(record.split for record in report.records)
+    given = {split: len(value[1]) if isinstance(value, tuple) else len(value) for split, value in files.items()}
+    if given != dict(audited):
+        raise MedxpError(f"audit of {report.dataset or 'the data'} covered {dict(audited)} images per split, but "
+                         f"the files given have {given}; audit these files again")
+    dropped = leak_policy(report, on_leak)
+    return {split: _without_rows(value, dropped.get(split, [])) for split, value in files.items()}
+
+
+def _without_rows(value: Any, rows: Sequence[int]) -> Any:
+    """A split's list, or (images, labels) arrays, without the given row indices."""
+    if isinstance(value, tuple):
+        keep = np.ones(len(value[1]), dtype=bool)
+        keep[list(rows)] = False
+        return tuple(np.asarray(part)[keep] for part in value)
+    left_out = set(rows)
+    return [item for index, item in enumerate(value) if index not in left_out]
 
 
 def log_audit(report: AuditReport, tracker) -> None:
@@ -235,20 +300,26 @@ def _size_range(sizes: Counter) -> str:
     return f"; smallest {areas[0][0]}x{areas[0][1]}, largest {areas[-1][0]}x{areas[-1][1]}"
 
 
-def _thumbnail(source: str) -> str:
-    """A small inline PNG of an image file ('' when it is no file or cannot be read)."""
-    path = Path(source)
-    if not path.is_file():
-        return ""
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((96, 96))
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-    except OSError:
-        return ""
-    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+def _thumbnails(pairs: Sequence[DuplicatePair], load: Callable[[ImageRecord], Image.Image]) -> dict[str, str]:
+    """`source -> <img>` with an inline PNG of both copies of each pair; images that fail to load are skipped."""
+    thumbnails = {}
+    for record in (record for pair in pairs for record in (pair.first, pair.second)):
+        try:
+            image = load(record).convert("RGB")
+        except (OSError, ValueError):
+            continue
+        image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        thumbnails[record.source] = (f'<img alt="" src="data:image/png;base64,'
+                                     f'{base64.b64encode(buffer.getvalue()).decode()}">')
+    return thumbnails
+
+
+def _load_file(record: ImageRecord) -> Image.Image:
+    with Image.open(record.source) as image:
+        image.load()
+        return image
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -262,9 +333,9 @@ def _render_html(report: AuditReport) -> str:
     leaks = report.leaking_pairs
     if leaks:
         rows = [(esc(p.splits), "exact" if p.exact else f"{p.distance} bits",
-                 f"{_thumbnail(p.first.source) if i < THUMBNAIL_PAIRS else ''}<br>{esc(p.first.source)}",
-                 f"{_thumbnail(p.second.source) if i < THUMBNAIL_PAIRS else ''}<br>{esc(p.second.source)}")
-                for i, p in enumerate(leaks[:200])]
+                 f"{report.thumbnails.get(p.first.source, '')}<br>{esc(p.first.source)}",
+                 f"{report.thumbnails.get(p.second.source, '')}<br>{esc(p.second.source)}")
+                for p in leaks[:200]]
         leak_section = (f'<h2 class="bad">Data leakage: {len(leaks)} pair(s) across splits</h2>'
                         + _table(("splits", "match", "kept copy", "held-out copy"), rows))
     else:
