@@ -3,7 +3,8 @@
 Both runs sample the same configurations (seeded random sampler) and prune nothing
 (grace period = max epochs), so the only difference is concurrency.
 
-    python bench/parallel_scaling.py           # 6 trials x 8 epochs, 200 images per class
+    python bench/parallel_scaling.py           # 6 trials x 15 epochs, 400 images per class: the default
+                                               # glaucoma search's workload (`make run`)
     python bench/parallel_scaling.py --quick   # 4 trials x 4 epochs, 64 images per class
 """
 
@@ -24,8 +25,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--images-per-class", type=int, default=200)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--images-per-class", type=int, default=400)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--workdir", default="")
