@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from medxp.config import DatasetSpec, ExperimentConfig
-from medxp.data.folds import IMAGE_SUFFIXES, LabelledFiles, list_images, read_folds_layout
+from medxp.data.folds import IMAGE_SUFFIXES, LabelledFiles, child_folder, list_images, read_folds_layout
 from medxp.data.images import decode_images, fingerprint_files
 from medxp.data.splits import carve, patient_ids, split_hash, split_three, take
 from medxp.errors import MedxpError
@@ -122,8 +122,8 @@ def class_folders(folder: Path, spec: DatasetSpec) -> dict[int, Path]:
     for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))):
         label = labels.get(normalise_name(child.name))
         if label is None:
-            raise MedxpError(f"{child}: folder '{child.name}' is not a class of the spec; expected one of "
-                             f"{list(spec.class_names)} (or a name mapped in dataset.class_aliases)")
+            raise MedxpError(f"{child}: folder '{child.name}' is not a class of the spec; expected class folders "
+                             f"named {list(spec.class_names)} (or a name mapped in dataset.class_aliases)")
         if label in found:
             raise MedxpError(f"{folder}: folders '{found[label].name}' and '{child.name}' both map to class "
                              f"'{spec.class_names[label]}'; expected one folder per class")
@@ -156,7 +156,7 @@ def read_class_folders(folder: Path, spec: DatasetSpec, images_subfolder: str = 
     """
     files: LabelledFiles = []
     for label, class_dir in sorted(class_folders(folder, spec).items()):
-        image_dir = _child_ci(class_dir, images_subfolder) if images_subfolder else None
+        image_dir = child_folder(class_dir, images_subfolder) if images_subfolder else None
         images = list_images(image_dir or class_dir)
         if not images:
             raise MedxpError(f"{image_dir or class_dir}: class folder has no images; expected files ending in "
@@ -168,7 +168,7 @@ def read_class_folders(folder: Path, spec: DatasetSpec, images_subfolder: str = 
 def split_folder(root: Path, split: str, required: bool = True) -> Path | None:
     """The folder of one split under `root` (`val`, `valid`, `validation` for valid; any case)."""
     for name in SPLIT_FOLDER_NAMES[split]:
-        if found := _child_ci(root, name):
+        if found := child_folder(root, name):
             return found
     if required:
         found_names = sorted(p.name for p in root.iterdir() if p.is_dir())
@@ -177,17 +177,13 @@ def split_folder(root: Path, split: str, required: bool = True) -> Path | None:
     return None
 
 
-def _child_ci(folder: Path, name: str) -> Path | None:
-    return next((c for c in folder.iterdir() if c.is_dir() and c.name.lower() == name.lower()), None)
-
-
 # ----------------------------------------------------------------------------- the layouts
 
 
 @LAYOUTS.register("folds")
 def read_folds(root: Path, config: ExperimentConfig) -> dict[str, LabelledFiles]:
     """`FoldN/{train,valid,test}/<class>`: the glaucoma study's ten given splits."""
-    return read_folds_layout(root, config.data.fold, config.dataset.class_names)
+    return read_folds_layout(root, config.data.fold, config.dataset.class_names, config.dataset)
 
 
 @LAYOUTS.register("image_folder_splits")
