@@ -241,11 +241,13 @@ def apply_leak_policy(report: AuditReport, files: Mapping[str, Any], on_leak: st
         raise MedxpError(f"audit of {report.dataset or 'the data'} covered {dict(audited)} images per split, but "
                          f"the files given have {given}; audit these files again")
     dropped = leak_policy(report, on_leak)
-    return {split: _without_rows(value, dropped.get(split, [])) for split, value in files.items()}
+    return {split: without_rows(value, dropped.get(split, [])) for split, value in files.items()}
 
 
-def _without_rows(value: Any, rows: Sequence[int]) -> Any:
-    """A split's list, or (images, labels) arrays, without the given row indices."""
+def without_rows(value: Any, rows: Sequence[int]) -> Any:
+    """A split's list, or (images, labels) arrays, without the given row indices (unchanged when none)."""
+    if not len(rows):
+        return value  # keeps a memory-mapped cache array mapped instead of copying it
     if isinstance(value, tuple):
         keep = np.ones(len(value[1]), dtype=bool)
         keep[list(rows)] = False

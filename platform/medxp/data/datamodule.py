@@ -96,7 +96,7 @@ def create_datamodule(config: ExperimentConfig) -> DataModule:
     spec = config.dataset
     report, dropped = None, {}
     if config.audit.on_leak != "off":
-        from medxp.data.audit import leak_policy
+        from medxp.data.audit import leak_policy, without_rows
 
         report = audit_source(source, config)
         dropped = leak_policy(report, config.audit.on_leak, config.audit.fail_on_unreadable)
@@ -104,12 +104,11 @@ def create_datamodule(config: ExperimentConfig) -> DataModule:
     for split, part in source.splits.items():
         transform = create_transforms(spec, train=split == "train", augment=config.data.augment,
                                       preset=config.data.augmentation)
-        keep = _kept_rows(len(part.labels), dropped.get(split, []))
-        images, labels = split_images(source, split, config), part.labels
-        if keep is not None:
-            images, labels = images[keep], labels[keep]
+        images, labels, files[split] = split_images(source, split, config), part.labels, part.files
+        if dropped.get(split):  # only set by the audit branch above, which imported without_rows
+            images, labels = without_rows((images, labels), dropped[split])
+            files[split] = without_rows(part.files, dropped[split])
         datasets[split] = ArrayDataset(images, labels, transform)
-        files[split] = [item for row, item in enumerate(part.files) if keep is None or keep[row]]
     module = DataModule(spec.class_names, datasets, root, source.fingerprint, is_generated(root),
                         config.data.num_workers, files, source.split_hash, report)
     if module.synthetic:
@@ -132,15 +131,6 @@ def audit_source(source, config: ExperimentConfig):
                            config.dataset.class_names, **options)
     arrays = {split: (split_images(source, split, config), part.labels) for split, part in source.splits.items()}
     return audit_arrays(arrays, config.dataset.class_names, **options)
-
-
-def _kept_rows(count: int, dropped: list[int]) -> np.ndarray | None:
-    """A boolean mask without the dropped rows, or None when nothing is dropped."""
-    if not dropped:
-        return None
-    keep = np.ones(count, dtype=bool)
-    keep[dropped] = False
-    return keep
 
 
 def ensure_data(config: ExperimentConfig) -> Path:
