@@ -143,6 +143,10 @@ class SearchConfig:
 
     Each trial trains with `train.epochs = max_epochs` (ASHA's `max_t`); ASHA may stop it
     at a rung (`grace_period * reduction_factor**k` epochs) when it trails the others.
+    With `revisit_rungs` a trial that passed its latest rung early (few others had reached it)
+    is stopped once later arrivals put it below the rung's cutoff (`PruningScheduler`).
+    A proposal that repeats a finished trial's parameters takes that trial's outcome instead
+    of training the same model again, unless `rerun_duplicates` is true.
     """
 
     name: str = ""
@@ -153,9 +157,11 @@ class SearchConfig:
     max_epochs: int = 0
     grace_period: int = 2
     reduction_factor: float = 2.0
+    revisit_rungs: bool = True
     sampler: str = "tpe"
     startup_trials: int = 4
     seed: int = 42
+    rerun_duplicates: bool = False
     storage: str = ""
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0

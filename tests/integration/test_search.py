@@ -4,7 +4,9 @@ One module-scoped scenario keeps the file fast: a 2-trial search, then an interr
 left RUNNING (in Optuna and in MLflow), then the same search resumed with n_trials=6, which
 must run exactly 4 new trials, 2 at a time. The space is one categorical learning rate for
 SGD: 0.03 learns, 1e-6 does not (ASHA prunes it against the earlier trials), 1e6 gives a
-NaN (the trial fails). The seeded random sampler draws 0.03, 0.03, then 0.03, 1e-6, 1e6, 1e-6.
+NaN (the trial fails). The seeded random sampler draws 0.03, 0.03, then 0.03, 1e-6, 1e6, 1e-6;
+the scenario trains every draw (`search.rerun_duplicates`), and a search of its own checks that
+by default a repeat of a finished trial is not trained again.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ SPACE = "lr: {type: categorical, choices: [0.03, 1.0e-6, 1.0e+6]}\n"
 STUDY = "tiny-search"
 
 
-def tiny_config(tmp_path, n_trials: int):
+def tiny_config(tmp_path, n_trials: int, **overrides):
     return load_project("glaucoma", {
         "data_dir": str(tmp_path / "data"), "data.demo_images_per_class": 64, "data.demo_folds": 3,
         "data.demo_image_size": 48, "dataset.image_size": 32, "epochs": 3, "optimizer": "sgd",
@@ -38,6 +40,7 @@ def tiny_config(tmp_path, n_trials: int):
         "search.space": str(tmp_path / "space.yaml"), "search.n_trials": n_trials, "search.max_concurrent": 2,
         "search.max_epochs": 3,
         "search.sampler": "random", "search.seed": 32, "search.grace_period": 1, "search.reduction_factor": 2,
+        "search.rerun_duplicates": True, **overrides,
     })
 
 
@@ -145,3 +148,22 @@ def test_best_trial_points_at_its_logged_model_and_the_parent_has_the_report(sea
     plots = {a.path for a in searched.client.list_artifacts(parent, "search/plots")}
     assert "search/plots/optimization_history.png" in plots and "search/plots/intermediate_values.png" in plots
     assert "search/plots/optimization_history.html" in plots  # plotly is a dependency: interactive pages too
+
+
+def test_a_space_with_nothing_new_left_trains_each_point_once_and_ends(tmp_path, monkeypatch):
+    (tmp_path / "space.yaml").write_text("lr: {type: categorical, choices: [0.03]}\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    settings = {"search.rerun_duplicates": False, "search.max_concurrent": 1, "epochs": 1, "search.max_epochs": 1}
+    try:
+        result = run_search(tiny_config(tmp_path, 3, **settings), search_name="one-point")
+        client = MlflowClient()
+        experiment_id = client.get_run(result.parent_run_id).info.experiment_id
+        children = client.search_runs([experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{result.parent_run_id}'")
+        rows = list(csv.DictReader(open(client.download_artifacts(result.parent_run_id, "search/trials.csv"))))
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert result.state_counts["complete"] == 1 and result.state_counts["duplicate"] >= 1
+    assert result.epochs_total == 1 and len(children) == 1
+    assert result.best_trial_number == 0 and result.best_run_id == children[0].info.run_id
+    assert rows[0]["duplicate_of"] == "" and all(row["duplicate_of"] == "0" for row in rows[1:])

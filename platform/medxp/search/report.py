@@ -36,16 +36,18 @@ def log_search_report(tracker: Any, study: optuna.Study, result: Any) -> None:
 
 
 def trials_table(trials: list[FrozenTrial]) -> str:
-    """CSV: number, state, one column per parameter, value, epochs run, duration, MLflow run."""
+    """CSV: number, state, one column per parameter, value, epochs run, duration, MLflow run, twin of."""
     names = sorted({name for trial in trials for name in trial.params})
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["number", "state", *names, "value", "epochs", "duration_s", "mlflow_run_id"])
+    writer.writerow(["number", "state", *names, "value", "epochs", "duration_s", "mlflow_run_id",
+                     "duplicate_of"])
     for trial in trials:
         duration = trial.duration.total_seconds() if trial.duration is not None else ""
         writer.writerow([trial.number, trial.state.name.lower(), *(trial.params.get(n, "") for n in names),
                          "" if trial.value is None else trial.value, trial.user_attrs.get("epochs", ""),
-                         f"{duration:.1f}" if duration != "" else "", trial.user_attrs.get("mlflow_run_id", "")])
+                         f"{duration:.1f}" if duration != "" else "", trial.user_attrs.get("mlflow_run_id", ""),
+                         trial.user_attrs.get("duplicate_of", "")])
     return buffer.getvalue()
 
 

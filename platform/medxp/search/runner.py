@@ -28,6 +28,7 @@ from medxp.errors import MedxpError
 from medxp.search.report import log_search_report
 from medxp.search.space import SearchSpace, load_search_space
 from medxp.search.study import (
+    DUPLICATE_OF,
     PruningScheduler,
     StudySearcher,
     TrialOutcome,
@@ -162,7 +163,7 @@ def _log_search_setup(parent: MlflowTracker, config: ExperimentConfig, space: Se
         "search.space_file": str(space.path),
         "search.sampler_detail": f"{settings.sampler}(seed={settings.seed}, startup_trials={settings.startup_trials})",
         "search.scheduler": f"ASHA(time_attr=epoch, max_t={max_epochs}, grace_period={settings.grace_period}, "
-                            f"reduction_factor={settings.reduction_factor})",
+                            f"reduction_factor={settings.reduction_factor}, revisit_rungs={settings.revisit_rungs})",
         "search.new_trials": new_trials,
     })
     parent.log_dict(space.to_dict(), "search/space.yaml")
@@ -177,10 +178,12 @@ def _run_tune(study: optuna.Study, space: SearchSpace, base: ExperimentConfig, c
     settings = base.search
     started_ray = start_ray(settings.ray_cpus)
     try:
-        scheduler = PruningScheduler(base.train.epochs, settings.grace_period, settings.reduction_factor)
+        scheduler = PruningScheduler(base.train.epochs, settings.grace_period, settings.reduction_factor,
+                                     settings.revisit_rungs)
         scheduler.seed_rungs(study)
         closer = TrialRunCloser(context.tracking_uri)
-        searcher = StudySearcher(space, study, scheduler, on_outcome=closer)
+        searcher = StudySearcher(space, study, scheduler, on_outcome=closer,
+                                 rerun_duplicates=settings.rerun_duplicates)
         trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, context=context),
                                         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
         tuner = tune.Tuner(
@@ -250,13 +253,17 @@ def _result(study: optuna.Study, config: ExperimentConfig, base: ExperimentConfi
             parent_run_id: str, new_trials: int, wall_time_s: float) -> SearchResult:
     """The search's outcome; the best config is the project's config with the best trial's epochs and params."""
     trials = study.get_trials(deepcopy=False)
-    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    trained = [t for t in trials if DUPLICATE_OF not in t.user_attrs]
+    counts = {state.name.lower(): sum(t.state == state for t in trained) for state in TrialState}
+    counts["duplicate"] = len(trials) - len(trained)
     epochs_total = sum(int(t.user_attrs.get("epochs", 0)) for t in trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     result = SearchResult(study.study_name, storage, parent_run_id, None, {}, None, None, None, None,
                           {k: v for k, v in counts.items() if v}, new_trials, epochs_total, wall_time_s)
     if complete:
         best = study.best_trial
+        if DUPLICATE_OF in best.user_attrs:  # report the trial that trained the model, not its twin
+            best = trials[best.user_attrs[DUPLICATE_OF]]
         result.best_trial_number, result.best_params, result.best_value = best.number, dict(best.params), best.value
         result.best_config = config.replace({"train.epochs": base.train.epochs, **best.params},
                                             origin=f"study {study.study_name} trial {best.number}")

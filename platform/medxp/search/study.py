@@ -7,6 +7,15 @@ evaluation included); a trial the scheduler stopped is PRUNED with its per-epoch
 intermediate values (`trial.report(value, epoch)`), so TPE and the study history treat it
 as the pruned trial it is; an error is FAIL; a trial cut short by the time budget or a
 shutdown is FAIL too (so that a resumed search runs it again).
+
+Every trial trains with the same seed, so a proposal whose parameters equal those of a
+finished trial would train the same model again. On a discrete space TPE proposes such
+twins often. Unless `search.rerun_duplicates` is set, the searcher records the twin in
+the study with the earlier trial's outcome (user attribute `duplicate_of`, 0 epochs; the
+way Optuna's FAQ suggests) and asks again; the twin takes no Tune trial and no epoch. A
+twin of a trial still training waits (RUNNING in the study) and takes its outcome when it ends.
+When the sampler proposes nothing new `MAX_REDRAWS` times in a row, the space is taken
+as exhausted and the search ends.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from medxp.config import SearchConfig
@@ -35,6 +45,10 @@ MODEL_URI = "model_uri"
 EPOCH_OBJECTIVE = "epoch_objective"
 TRIAL_NUMBER = "trial_number"
 PARAMS = "params"
+# User attribute of a study trial that repeats an earlier trial's parameters (that trial's number).
+DUPLICATE_OF = "duplicate_of"
+# Proposals in a row that may all repeat finished or running trials before the space counts as exhausted.
+MAX_REDRAWS = 20
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -55,16 +69,23 @@ class PruningScheduler(AsyncHyperBandScheduler):
 
     `stop_last_trials=False`: ASHA never stops a trial for reaching `max_t`; a trial ends its
     last epoch by itself and reports its final evaluation.
+
+    `revisit_rungs`: ASHA judges a trial once per rung, against the trials that reached the
+    rung before it, so the first trials of a search pass every rung whatever their score (in a
+    12-trial search, two such trials can spend a quarter of the epochs). With it, a trial is
+    judged again at each epoch until halfway to its next rung, against everything recorded at
+    its latest rung so far, and stops once it falls below that rung's cutoff.
     """
 
-    def __init__(self, max_t: int, grace_period: int, reduction_factor: float) -> None:
+    def __init__(self, max_t: int, grace_period: int, reduction_factor: float, revisit_rungs: bool = True) -> None:
         super().__init__(time_attr=EPOCH, max_t=max_t, grace_period=grace_period,
                          reduction_factor=reduction_factor, stop_last_trials=False)
         self.pruned: set[str] = set()
+        self.revisit_rungs = revisit_rungs
 
     def seed_rungs(self, study: optuna.Study) -> None:
         """Fills the rungs with the study's earlier trials, so that a resumed search prunes against them too."""
-        for trial in study.get_trials(deepcopy=False, states=FINISHED_STATES):
+        for trial in trained_trials(study):
             for bracket in self._brackets:
                 for milestone, recorded in bracket._rungs:
                     value = trial.intermediate_values.get(math.ceil(milestone))
@@ -73,9 +94,29 @@ class PruningScheduler(AsyncHyperBandScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
+        if (decision == TrialScheduler.CONTINUE and self.revisit_rungs and EPOCH in result
+                and not result.get(FINISHED) and self._below_latest_rung(trial.trial_id, result[EPOCH])):
+            decision = TrialScheduler.STOP
         if decision == TrialScheduler.STOP and not result.get(FINISHED):
             self.pruned.add(trial.trial_id)
         return decision
+
+    def _below_latest_rung(self, trial_id: str, epoch: int) -> bool:
+        """Whether the trial's score at its latest rung is now below that rung's cutoff.
+
+        Only in the first half of the way to the next rung (or to `max_t`): a trial that has
+        come most of the way is worth its last epochs more than the epochs stopping it saves.
+        """
+        bracket = self._trial_info.get(trial_id)
+        next_milestone = self._max_t
+        for milestone, recorded in bracket._rungs if bracket else ():  # highest milestone first
+            if epoch >= milestone:
+                if trial_id not in recorded or epoch - milestone > (next_milestone - milestone) / 2:
+                    return False
+                cutoff = bracket.cutoff(recorded)
+                return cutoff is not None and recorded[trial_id] < cutoff
+            next_milestone = milestone
+        return False
 
 
 class StudySearcher(OptunaSearch):
@@ -86,10 +127,11 @@ class StudySearcher(OptunaSearch):
         study: The persistent study trials are asked from and told to.
         scheduler: The scheduler whose stops count as pruning.
         on_outcome: Called on the driver with each trial's outcome (closes its MLflow run).
+        rerun_duplicates: Train a proposal again even when a finished trial had the same parameters.
     """
 
     def __init__(self, space: Callable, study: optuna.Study, scheduler: PruningScheduler,
-                 on_outcome: Callable[[TrialOutcome], None]) -> None:
+                 on_outcome: Callable[[TrialOutcome], None], rerun_duplicates: bool = False) -> None:
         super().__init__(space=space, metric=OBJECTIVE, mode="max", sampler=study.sampler,
                          study_name=study.study_name, storage=study._storage)
         self._ot_study = study
@@ -97,10 +139,70 @@ class StudySearcher(OptunaSearch):
         self._on_outcome = on_outcome
         self._last_results: dict[str, dict] = {}
         self._reported_epochs: dict[str, set[int]] = {}
+        self._rerun_duplicates = rerun_duplicates
+        self._waiting_twins: dict[int, list[optuna.Trial]] = {}  # running trial's number -> its twins
 
-    def suggest(self, trial_id: str) -> dict | None:
-        params = super().suggest(trial_id)
-        return {PARAMS: params, TRIAL_NUMBER: self._ot_trials[trial_id].number}
+    def suggest(self, trial_id: str) -> dict | str | None:
+        for _ in range(MAX_REDRAWS):
+            params = super().suggest(trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            if self._rerun_duplicates:
+                return {PARAMS: params, TRIAL_NUMBER: ot_trial.number}
+            finished = self._finished_twin(ot_trial.params)
+            running = None if finished else self._running_twin(trial_id, ot_trial.params)
+            if finished is None and running is None:
+                return {PARAMS: params, TRIAL_NUMBER: ot_trial.number}
+            if finished is not None:
+                self._record_twin(self._ot_trials.pop(trial_id), finished)
+            else:
+                self._waiting_twins.setdefault(running, []).append(self._ot_trials.pop(trial_id))
+                log.info("trial %d repeats running trial %d's parameters: it will take that trial's outcome",
+                         ot_trial.number, running)
+        log.warning("the sampler proposed only parameters of finished or running trials %d times in a row: the "
+                    "space looks exhausted, no new trials are started", MAX_REDRAWS)
+        return Searcher.FINISHED
+
+    def _finished_twin(self, params: dict[str, Any]) -> optuna.trial.FrozenTrial | None:
+        """The first trained trial that finished (complete or pruned) with exactly these parameters."""
+        for trial in trained_trials(self._ot_study):
+            if trial.params == params:
+                return trial
+        return None
+
+    def _running_twin(self, trial_id: str, params: dict[str, Any]) -> int | None:
+        """The study number of a trial of this search still training with exactly these parameters."""
+        for other_id, trial in self._ot_trials.items():
+            if other_id != trial_id and other_id not in self._completed_trials and trial.params == params:
+                return trial.number
+        return None
+
+    def _settle_waiting_twins(self, number: int) -> None:
+        """Gives the proposals that waited for trial `number` its outcome (FAIL if it failed)."""
+        waiting = self._waiting_twins.pop(number, [])
+        if not waiting:
+            return
+        ended = self._ot_study.get_trials(deepcopy=False)[number]
+        for ot_trial in waiting:
+            if ended.state in FINISHED_STATES:
+                self._record_twin(ot_trial, ended)
+            else:
+                ot_trial.set_user_attr(DUPLICATE_OF, number)
+                ot_trial.set_user_attr("reason", f"same parameters as trial {number}, which failed")
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+
+    def _record_twin(self, ot_trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> None:
+        """Tells the study `ot_trial` ended as `twin` did, without training it (0 epochs, no MLflow run)."""
+        for epoch, value in sorted(twin.intermediate_values.items()):
+            ot_trial.report(value, epoch)
+        ot_trial.set_user_attr(DUPLICATE_OF, twin.number)
+        ot_trial.set_user_attr("epochs", 0)
+        for key in (RUN_ID, MODEL_URI):
+            if key in twin.user_attrs:
+                ot_trial.set_user_attr(key, twin.user_attrs[key])
+        ot_trial.set_user_attr("reason", f"same parameters as trial {twin.number}: its outcome, not trained again")
+        self._ot_study.tell(ot_trial, twin.value if twin.state == TrialState.COMPLETE else None, state=twin.state)
+        log.info("trial %d repeats trial %d's parameters: recorded %s from it, not trained again", ot_trial.number,
+                 twin.number, twin.state.name.lower())
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._last_results[trial_id] = result
@@ -124,6 +226,7 @@ class StudySearcher(OptunaSearch):
             ot_trial.set_user_attr("reason", reason)
         self._ot_study.tell(ot_trial, value, state=state)
         self._completed_trials.add(trial_id)
+        self._settle_waiting_twins(ot_trial.number)
         log.info("trial %d %s after %s epoch(s)%s", ot_trial.number, state.name.lower(), result.get(EPOCH, 0),
                  f": {OBJECTIVE} {value:.4f}" if value is not None else (f" ({reason})" if reason else ""))
         self._on_outcome(TrialOutcome(ot_trial.number, state, result.get(RUN_ID), int(result.get(EPOCH) or 0), reason))
@@ -193,6 +296,12 @@ def open_study(name: str, storage: str, settings: SearchConfig) -> optuna.Study:
     return study
 
 
+def trained_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that trained to an outcome (COMPLETE or PRUNED), not those recorded as another's duplicate."""
+    return [trial for trial in study.get_trials(deepcopy=False, states=FINISHED_STATES)
+            if DUPLICATE_OF not in trial.user_attrs]
+
+
 def finished_count(study: optuna.Study) -> int:
-    """Trials that ran to an outcome (COMPLETE or PRUNED); failed ones are tried again on resume."""
-    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+    """Trials that trained to an outcome (`search.n_trials` counts these); failed ones are tried again on resume."""
+    return len(trained_trials(study))
