@@ -126,9 +126,9 @@ class FakeTrial:
         self.trial_id = trial_id
 
 
-def asha(revisit_rungs: bool) -> PruningScheduler:
-    """Rungs at epochs 1 and 3 (max_t 9, reduction factor 3)."""
-    scheduler = PruningScheduler(max_t=9, grace_period=1, reduction_factor=3, revisit_rungs=revisit_rungs)
+def asha(revisit_rungs: bool, max_t: int = 9) -> PruningScheduler:
+    """Rungs at epochs 1 and 3 (max_t 9, reduction factor 3), and 9 for max_t 27."""
+    scheduler = PruningScheduler(max_t=max_t, grace_period=1, reduction_factor=3, revisit_rungs=revisit_rungs)
     scheduler.set_search_properties(metric=OBJECTIVE, mode="max")
     return scheduler
 
@@ -151,18 +151,32 @@ def test_a_trial_that_passed_a_rung_first_is_stopped_once_others_outrank_it(revi
     assert report(scheduler, strong, 2, 0.92) == "CONTINUE"
 
 
-def test_a_trial_is_judged_again_only_at_its_latest_rung_and_only_until_halfway_to_the_next():
-    scheduler = asha(revisit_rungs=True)
-    leader, late, later = FakeTrial("leader"), FakeTrial("late"), FakeTrial("later")
-    for trial in (leader, late, later):
+def added(scheduler: PruningScheduler, *names: str) -> list[FakeTrial]:
+    trials = [FakeTrial(name) for name in names]
+    for trial in trials:
         scheduler.on_trial_add(None, trial)
+    return trials
+
+
+def test_a_trial_is_judged_again_only_at_its_latest_rung_until_the_next():
+    scheduler = asha(revisit_rungs=True, max_t=27)
+    leader, late = added(scheduler, "leader", "late")
     for epoch, value in ((1, 0.6), (2, 0.7), (3, 0.8)):
         assert report(scheduler, leader, epoch, value) == "CONTINUE"
     assert report(scheduler, late, 1, 0.95) == "CONTINUE"  # outranks the leader at rung 1 ...
     assert report(scheduler, leader, 4, 0.85) == "CONTINUE"  # ... which is past rung 3 and alone there
     for epoch, value in ((2, 0.96), (3, 0.97)):
         assert report(scheduler, late, epoch, value) == "CONTINUE"
-    assert report(scheduler, leader, 6, 0.85) == "STOP"  # halfway from rung 3 to max_t 9: judged again
-    for epoch, value in ((1, 0.97), (2, 0.97), (3, 0.98)):
-        report(scheduler, later, epoch, value)
-    assert report(scheduler, late, 7, 0.97) == "CONTINUE"  # below rung 3's cutoff now, but most of the way
+    assert report(scheduler, leader, 8, 0.85) == "STOP"  # below rung 3's cutoff, before rung 9
+
+
+@pytest.mark.parametrize("epoch, decision", [(17, "STOP"), (19, "CONTINUE")])
+def test_after_the_last_rung_a_trial_is_judged_again_only_until_halfway_to_max_t(epoch, decision):
+    scheduler = asha(revisit_rungs=True, max_t=27)
+    veteran, ace = added(scheduler, "veteran", "ace")
+    for rung in (1, 3, 9):
+        assert report(scheduler, veteran, rung, 0.9) == "CONTINUE"  # first at every rung
+    for rung in (1, 3, 9):
+        assert report(scheduler, ace, rung, 0.99) == "CONTINUE"
+    # 8 of the 18 epochs from rung 9 to max_t: stopped; 10 of 18: most of the way, let it end
+    assert report(scheduler, veteran, epoch, 0.9) == decision

@@ -73,8 +73,9 @@ class PruningScheduler(AsyncHyperBandScheduler):
     `revisit_rungs`: ASHA judges a trial once per rung, against the trials that reached the
     rung before it, so the first trials of a search pass every rung whatever their score (in a
     12-trial search, two such trials can spend a quarter of the epochs). With it, a trial is
-    judged again at each epoch until halfway to its next rung, against everything recorded at
-    its latest rung so far, and stops once it falls below that rung's cutoff.
+    judged again at each epoch until its next rung (after the last rung: until halfway to
+    `max_t`), against everything recorded at its latest rung so far, and stops once it falls
+    below that rung's cutoff.
     """
 
     def __init__(self, max_t: int, grace_period: int, reduction_factor: float, revisit_rungs: bool = True) -> None:
@@ -104,14 +105,15 @@ class PruningScheduler(AsyncHyperBandScheduler):
     def _below_latest_rung(self, trial_id: str, epoch: int) -> bool:
         """Whether the trial's score at its latest rung is now below that rung's cutoff.
 
-        Only in the first half of the way to the next rung (or to `max_t`): a trial that has
-        come most of the way is worth its last epochs more than the epochs stopping it saves.
+        After the last rung, only in the first half of the way to `max_t`: a trial that has come
+        most of the way to its full result is worth its last epochs more than stopping it saves.
         """
         bracket = self._trial_info.get(trial_id)
         next_milestone = self._max_t
         for milestone, recorded in bracket._rungs if bracket else ():  # highest milestone first
             if epoch >= milestone:
-                if trial_id not in recorded or epoch - milestone > (next_milestone - milestone) / 2:
+                last_stretch = next_milestone >= self._max_t
+                if trial_id not in recorded or (last_stretch and epoch - milestone > (self._max_t - milestone) / 2):
                     return False
                 cutoff = bracket.cutoff(recorded)
                 return cutoff is not None and recorded[trial_id] < cutoff
