@@ -57,7 +57,7 @@ def measure(args: argparse.Namespace, workdir: Path, concurrent: int) -> dict:
     finally:
         wall = time.monotonic() - started
         ray.shutdown()
-    trained = sum(n for state, n in result.state_counts.items() if state != "duplicate")
+    trained = result.trials_trained
     return {"concurrent": concurrent, "trials": trained, "states": result.state_counts,
             "wall_s": wall, "trials_per_hour": 3600 * trained / wall}
 

@@ -120,7 +120,7 @@ def run_asha_search(args: argparse.Namespace, workdir: Path, trials: int, seed: 
     started = time.monotonic()
     result = run_search(config, search_name=f"efficiency-{trials}trials-seed{seed}-{int(time.time())}")
     return {"trials": trials, "seed": seed, "best_value": result.best_value, "best": result.best_params, "epochs": result.epochs_total,
-            "runs": sum(n for state, n in result.state_counts.items() if state != "duplicate"),
+            "runs": result.trials_trained,
             "states": result.state_counts,
             "wall_s": time.monotonic() - started}
 

@@ -164,6 +164,6 @@ def test_a_space_with_nothing_new_left_trains_each_point_once_and_ends(tmp_path,
     finally:
         mlflow.set_tracking_uri(None)
     assert result.state_counts["complete"] == 1 and result.state_counts["duplicate"] >= 1
-    assert result.epochs_total == 1 and len(children) == 1
+    assert result.epochs_total == 1 and len(children) == 1 and result.trials_trained == 1
     assert result.best_trial_number == 0 and result.best_run_id == children[0].info.run_id
     assert rows[0]["duplicate_of"] == "" and all(row["duplicate_of"] == "0" for row in rows[1:])

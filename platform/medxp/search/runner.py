@@ -65,6 +65,11 @@ class SearchResult:
     epochs_total: int = 0
     wall_time_s: float = 0.0
 
+    @property
+    def trials_trained(self) -> int:
+        """Trials that trained, whatever their state (not those that took a twin's outcome)."""
+        return sum(count for state, count in self.state_counts.items() if state != "duplicate")
+
 
 def run_search(config: ExperimentConfig, *, search_name: str | None = None, parent_tracker: Any = None) -> SearchResult:
     """Runs (or resumes) a hyper-parameter search over `config`'s project.
