@@ -34,8 +34,7 @@ from medxp.data.images import decode_image
 from medxp.data.synthetic import POOL_DIR, generate_fundus_demo
 from medxp.explain import METHODS, create_segmenter, explain_image, make_classifier_fn
 from medxp.explain.lime_images import default_batch_size, to_lime_image
-from medxp.models import create_model
-from medxp.pipeline import inference_model
+from medxp.models import InferenceModel, create_model
 
 GOAL_SECONDS = 30.0
 STOCK = "quickshift, lime's own loop"
@@ -119,7 +118,8 @@ def main() -> None:
     args = parse_args()
     config = load_project("glaucoma", {"dataset.image_size": args.size})
     torch.manual_seed(0)
-    model = inference_model(create_model(config.model, config.dataset), config)
+    model = InferenceModel(create_model(config.model, config.dataset).eval(), config.dataset.mean,
+                           config.dataset.std).eval()
     image = demo_image(args.size)
     rows = run_rounds(model, image, args)
     print_table(rows, args.size, args.samples)

@@ -19,6 +19,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow.store", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from medxp.console import quiet_library_bars
+
+    quiet_library_bars()
     try:
         args.handler(args)
     except MedxpError as error:
@@ -223,12 +226,15 @@ def _audit(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from medxp.data.audit import log_audit
-    from medxp.data.datamodule import audit_data
+    from medxp.data.datamodule import audit_data, ensure_data
+    from medxp.data.synthetic import is_generated
     from medxp.tracking.mlflow_tracker import MlflowTracker
 
     config = load_config(args)
     with MlflowTracker.start(config.dataset.name, run_name=f"audit-{config.dataset.name}",
                              tags={"medxp.kind": "audit", "dataset": config.dataset.name}) as tracker:
+        root = ensure_data(config)  # tagged before the scan, so a failed audit still says what data it read
+        tracker.set_tags({"data.synthetic": str(is_generated(root)).lower(), "data.dir": str(root)})
         report = audit_data(config)
         log_audit(report, tracker)
     output = Path(args.output or Path("audit") / config.dataset.name)
@@ -255,9 +261,15 @@ def _promote(args: argparse.Namespace) -> None:
     with MlflowTracker.start(config.dataset.name, run_name=f"promote-{config.dataset.name}",
                              tags={"medxp.kind": "promotion"}) as tracker:
         decision = promote(config.dataset.name, version=args.version or None, synthetic=_synthetic(config),
-                           force=args.force == "true", primary_metric=config.eval.primary_metric, note=args.note)
+                           force=args.force == "true", primary_metric=config.eval.primary_metric, note=args.note,
+                           require_significant=config.promote.require_significant,
+                           resamples=config.promote.bootstrap_resamples, confidence=config.eval.confidence)
         tracker.set_tags({"promotion.outcome": decision.outcome, "promotion.model": decision.registered_model,
                           "promotion.candidate": decision.candidate_version, "promotion.forced": decision.forced})
+        if decision.paired is not None:
+            tracker.log_metrics({"paired_difference": decision.paired.difference,
+                                 "paired_difference_ci_low": decision.paired.ci_low,
+                                 "paired_difference_ci_high": decision.paired.ci_high})
         tracker.log_text(decision.reason, "promotion.txt")
     print(decision.reason)
 

@@ -86,13 +86,17 @@ class ModelConfig:
     padding: tuple[int, ...] = (-1,)
     channel_order: str = "as_given"
     batch_norm: tuple[bool, ...] = (True,)
-    dropout: tuple[float, ...] = (0.1,)
+    # After each conv block (conv stacks, LeNet, VGG: Dropout2d) or hidden layer (mlp); empty: the
+    # architecture's default (0.1 for small_cnn, covid_cnn, mlp; none for lenet*, vgg16_*). Models
+    # without such layers (timm backbones) refuse it: their dropout before the classifier is head_dropout.
+    dropout: tuple[float, ...] = ()
     first_activation: bool = True
     hidden_sizes: tuple[int, ...] = (64, 32)
     head_dropout: float = 0.3
     head_pooling: str = "avg"
     head_batch_norm: bool = False
-    pretrained: bool = False
+    # ImageNet weights: auto (when found, else random init with a warning), true (required), false (never).
+    pretrained: bool | str = "auto"
     pretrained_file: str = ""
     unfrozen_layers: int = -1
     channels_last: bool = True
@@ -110,6 +114,8 @@ class TrainConfig:
     epochs: int = 20
     patience: int = 5
     monitor: str = "val_loss"
+    # Hand back the weights of the best `monitor` epoch (false: those of the last epoch trained).
+    restore_best: bool = True
     nesterov: bool = False
     scheduler: str = "none"
     warmup_epochs: int = 0
@@ -130,11 +136,19 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How the trained model is judged."""
+    """How the trained model is judged.
+
+    `operating_point` (binary tasks): the rule that picks the decision threshold on the
+    validation split: `youden` (max sensitivity + specificity - 1), `sensitivity@0.95` or
+    `specificity@0.90` (at least that value on validation, the best other value).
+    `calibration`: `none`, or `temperature` (temperature scaling fitted on validation).
+    """
 
     primary_metric: str = "accuracy"
     bootstrap_resamples: int = 1000
     confidence: float = 0.95
+    operating_point: str = "youden"
+    calibration: str = "none"
 
 
 @dataclass(frozen=True)
@@ -192,6 +206,18 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class PromoteConfig:
+    """How `medxp promote` judges a candidate against the champion.
+
+    `require_significant`: promote only when the 95% CI of the paired bootstrap difference of
+    the primary metric (candidate minus champion, same test cases) excludes 0.
+    """
+
+    require_significant: bool = False
+    bootstrap_resamples: int = 2000
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """Everything one run needs; `source` is the project file it came from."""
 
@@ -203,6 +229,7 @@ class ExperimentConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     cv: CVConfig = field(default_factory=CVConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
     source: str = ""
 
     def to_flat_dict(self) -> dict[str, Any]:
@@ -265,6 +292,7 @@ _CHOICES = {
     "audit.on_leak": ("off", "warn", "fail", "drop"),
     "data.valid_sampler": ("none", "test_ratio"),
     "eval.primary_metric": ("accuracy", "f1_macro", "f1_weighted", "roc_auc"),
+    "eval.calibration": ("none", "temperature"),
     "search.sampler": ("tpe", "random"),
     "cv.source": ("auto", "dataset", "stratified"),
 }
@@ -456,7 +484,8 @@ def _validate(config: ExperimentConfig, origin: str) -> None:
         if flat[key] not in choices:
             raise MedxpError(f"{origin}: '{key}' = {flat[key]!r}: expected one of {', '.join(choices)}")
     positive = ["dataset.image_size", "dataset.channels", "train.batch_size", "train.epochs", "train.lr",
-                "data.demo_images_per_class", "data.demo_folds", "data.demo_image_size", "eval.bootstrap_resamples"]
+                "data.demo_images_per_class", "data.demo_folds", "data.demo_image_size", "eval.bootstrap_resamples",
+                "promote.bootstrap_resamples"]
     for key in positive:
         if flat[key] <= 0:
             raise MedxpError(f"{origin}: '{key}' = {flat[key]!r}: expected a positive value")
@@ -472,6 +501,7 @@ def _validate(config: ExperimentConfig, origin: str) -> None:
         ("model.padding", min(config.model.padding, default=-2) >= -1, "paddings >= 0, or -1 for half the kernel"),
         ("model.hidden_sizes", min(config.model.hidden_sizes, default=1) >= 1, "layer widths >= 1"),
         ("model.head_dropout", 0 <= config.model.head_dropout < 1, "a probability in [0, 1)"),
+        ("model.pretrained", config.model.pretrained in (True, False, "auto"), "true, false or auto"),
         ("model.unfrozen_layers", config.model.unfrozen_layers >= -1, "-1 (all), 0 (head only) or a layer count"),
         ("eval.confidence", 0 < config.eval.confidence < 1, "a level in (0, 1)"),
         ("cv.folds", config.cv.folds == 0 or config.cv.folds >= 2, "0 (all given folds, or 5) or a count >= 2"),
@@ -494,12 +524,41 @@ def _validate(config: ExperimentConfig, origin: str) -> None:
     lowered_classes = {name.lower() for name in config.dataset.class_names}
     aliases_ok = all(target.lower() in lowered_classes for target in config.dataset.class_aliases.values())
     checks.append(("dataset.class_aliases", aliases_ok, "aliases mapping folder names to dataset.class_names"))
-    if config.dataset.positive_class:
+    if config.dataset.positive_class or len(config.dataset.class_names) == 2:
         checks.append(("dataset.positive_class", config.dataset.positive_class in config.dataset.class_names,
-                       "one of dataset.class_names"))
+                       "one of dataset.class_names (a binary project must name its positive class)"))
+    checks.append(("eval.operating_point", _valid_operating_point(config.eval.operating_point),
+                   "youden, sensitivity@<target> or specificity@<target> with a target in (0, 1]"))
     for key, ok, expected in checks:
         if not ok:
             raise MedxpError(f"{origin}: '{key}' = {flat[key]!r}: expected {expected}")
+
+
+def parse_operating_point(rule: str) -> tuple[str, float | None]:
+    """`youden` -> (`youden`, None); `sensitivity@0.95` -> (`sensitivity`, 0.95).
+
+    Raises:
+        MedxpError: any other form, naming `eval.operating_point`.
+    """
+    kind, _, target = rule.partition("@")
+    if kind == "youden" and not target:
+        return kind, None
+    try:
+        value = float(target)
+    except ValueError:
+        value = float("nan")
+    if kind not in ("sensitivity", "specificity") or not 0 < value <= 1:
+        raise MedxpError(f"'eval.operating_point' = {rule!r}: expected youden, sensitivity@<target> or "
+                         "specificity@<target> with a target in (0, 1], e.g. sensitivity@0.95")
+    return kind, value
+
+
+def _valid_operating_point(rule: str) -> bool:
+    try:
+        parse_operating_point(rule)
+    except MedxpError:
+        return False
+    return True
 
 
 def _tabular_checks(spec: DatasetSpec) -> list[tuple[str, bool, str]]:

@@ -14,11 +14,13 @@ from torch import nn
 
 from medxp.config import ExperimentConfig
 from medxp.data import DataModule, create_datamodule
+from medxp.data.datamodule import PriorAudit
 from medxp.models import InferenceModel, create_model
 from medxp.models.backbones import pretrained_input
 from medxp.tracking.base import Tracker
 from medxp.tracking.records import EpochLogger, record_context, record_evaluation, record_fit
-from medxp.training.evaluate import Evaluation, evaluate_model, evaluate_predictions
+from medxp.training.evaluate import Evaluation, evaluate_predictions, evaluate_splits, stored_rule
+from medxp.training.operating_point import PredictionRule
 from medxp.training.stages import fit_in_stages
 from medxp.training.trainer import FitResult, seed_everything
 
@@ -39,7 +41,7 @@ class ExperimentResult:
 
 def run_experiment(config: ExperimentConfig, tracker: Tracker, callbacks: Sequence[Any] = (),
                    log_model: bool = True, progress: bool = True,
-                   data: DataModule | None = None) -> ExperimentResult:
+                   data: DataModule | None = None, prior_audit: PriorAudit | None = None) -> ExperimentResult:
     """Trains and evaluates one configuration, logging everything through `tracker`.
 
     Args:
@@ -49,37 +51,50 @@ def run_experiment(config: ExperimentConfig, tracker: Tracker, callbacks: Sequen
         log_model: Store the trained model with the tracker.
         progress: Show progress bars.
         data: The splits to use instead of `create_datamodule(config)` (a stratified CV fold).
+        prior_audit: The data's audit made once before (a search's driver), used instead of auditing again.
 
     Returns:
-        The result, whose `objective` is `val_<eval.primary_metric>` of the restored best weights.
+        The result, whose `objective` is `val_<eval.primary_metric>` of the weights training handed back
+        (the best epoch's, or the last epoch's with `train.restore_best: false`).
     """
     config = pretrained_input(config)  # pretrained backbones expect their own normalisation
     seed_everything(config.train.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    data = data if data is not None else create_datamodule(config)
+    data = data if data is not None else create_datamodule(config, prior_audit)
     record_context(tracker, config, data)
     model = create_model(config.model, config.dataset)
     tracker.set_tags({"model.weights_source": getattr(model, "weights_source", "random-init"),
                       "model.weights_sha256": getattr(model, "weights_sha256", "")})
     fit, trainer = fit_in_stages(model, data, config, [EpochLogger(tracker), *callbacks], progress)
     record_fit(tracker, fit)
-    evaluations = {}
-    for split in ("valid", "test"):
-        evaluations[split] = evaluate_model(model, data.loader(split, 128), split, data.class_names, config.eval,
-                                            trainer.device, config.model.channels_last)
-        record_evaluation(tracker, evaluations[split])
-    model_uri = tracker.log_model(inference_model(model, config, data), example_batch(data)) if log_model else None
+    # The threshold and temperature are fitted on valid and applied unchanged to test.
+    evaluations = evaluate_splits(model, {split: data.loader(split, 128) for split in ("valid", "test")},
+                                  data.class_names, config.dataset.positive_class, config.eval, trainer.device,
+                                  config.model.channels_last)
+    for evaluation in evaluations.values():
+        record_evaluation(tracker, evaluation)
+    logged = inference_model(model, config, data, evaluations["valid"].rule)
+    model_uri = tracker.log_model(logged, example_batch(data)) if log_model else None
     objective = evaluations["valid"].metrics[config.eval.primary_metric]
     log.info("test %s = %.4f", config.eval.primary_metric, evaluations["test"].metrics[config.eval.primary_metric])
     return ExperimentResult(objective, evaluations, fit, model, data, model_uri)
 
 
-def inference_model(model: nn.Module, config: ExperimentConfig, data: DataModule) -> InferenceModel:
-    """The trained network wrapped to take [0, 1] pixels (or raw features) and return probabilities."""
+def inference_model(model: nn.Module, config: ExperimentConfig, data: DataModule,
+                    rule: PredictionRule | None = None) -> InferenceModel:
+    """The trained network wrapped to take [0, 1] pixels (or raw features) and return probabilities.
+
+    `rule` (fitted on validation) gives the model its temperature, and for binary tasks its
+    threshold and positive class, which its `predict_label` uses.
+    """
+    rule = rule or PredictionRule()
+    decision = {"temperature": rule.temperature, "threshold": rule.threshold, "operating_point": rule.operating_point,
+                "positive_index": rule.positive_index if rule.threshold is not None else None,
+                "threshold_split": rule.chosen_on}
     if config.dataset.modality == "tabular":
-        return InferenceModel(model.cpu().eval(), data.feature_mean, data.feature_std).eval()
-    return InferenceModel(model.cpu().eval(), config.dataset.mean, config.dataset.std).eval()
+        return InferenceModel(model.cpu().eval(), data.feature_mean, data.feature_std, **decision).eval()
+    return InferenceModel(model.cpu().eval(), config.dataset.mean, config.dataset.std, **decision).eval()
 
 
 def model_inputs(data: DataModule, split: str) -> torch.Tensor:
@@ -108,7 +123,13 @@ def evaluate_logged_model(config: ExperimentConfig, model_uri: str, tracker: Tra
 
 
 def evaluate_inference_model(model: nn.Module, data: DataModule, split: str, config: ExperimentConfig) -> Evaluation:
-    """Scores a model that takes what medxp logs (pixels or features) and returns probabilities, on one split."""
+    """Scores a model that takes what medxp logs (pixels or features) and returns probabilities, on one split.
+
+    A model that carries a threshold (an `InferenceModel` logged by `run_experiment`) is also
+    scored at that threshold; its outputs already include its temperature.
+    """
     with torch.no_grad():
         y_prob = torch.cat([model(batch) for batch in model_inputs(data, split).split(256)]).numpy()
-    return evaluate_predictions(split, data.datasets[split].labels.numpy(), y_prob, data.class_names, config.eval)
+    rule = stored_rule(model, data.class_names, config.dataset.positive_class)
+    return evaluate_predictions(split, data.datasets[split].labels.numpy(), y_prob, data.class_names, config.eval,
+                                rule=rule, calibrated=True)

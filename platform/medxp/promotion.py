@@ -11,6 +11,13 @@ data (the same `data.fingerprint` tag). `force=True` overrides the rule and says
 the version's tags. Every decision, promoted or refused, is written as `promotion.*`
 tags on the candidate version, so the registry alone tells who became champion and why.
 
+The paired test: a higher point estimate on a few hundred test cases may be luck. Both
+versions' per-case test predictions (`evaluation/test_predictions.csv`, logged with every
+evaluation) are resampled together, case by case, and the 95% bootstrap interval of the
+difference (candidate minus champion) of the primary metric is reported and recorded on
+the candidate (`promotion.paired_*`). `require_significant=True` (config
+`promote.require_significant`) promotes only when that interval lies above 0.
+
 Attachments: registration copies the run's `evaluation/`, `explanations/` and `config/`
 artifacts into the LoggedModel's artifact folder, which is the version's storage
 location. They travel with the model and resolve from the version alone, e.g.
@@ -48,6 +55,8 @@ ARTIFACT_TAGS = {
     "classification_report": "evaluation/test_classification_report.txt",
     "explanations": "explanations",
 }
+# Per-case test predictions (columns label, prob_<class>...), logged with every test evaluation.
+PREDICTIONS_ARTIFACT = "evaluation/test_predictions.csv"
 # Registry text columns hold 5000 characters in the SQL stores; stay below.
 _MAX_TEXT = 4900
 
@@ -81,6 +90,40 @@ class PromotionDecision:
     champion_value: float | None
     forced: bool
     reason: str
+    paired: "PairedComparison | None" = None
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """The paired bootstrap difference of the primary metric, candidate minus champion, same test cases.
+
+    Attributes:
+        metric: The compared metric, e.g. `test_accuracy`.
+        difference: Candidate minus champion on the whole test set.
+        ci_low: Lower bound of the interval of the difference.
+        ci_high: Upper bound.
+        confidence: The interval's coverage, e.g. 0.95.
+        cases: Test cases both versions predicted.
+        resamples: Bootstrap resamples drawn.
+    """
+
+    metric: str
+    difference: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+    cases: int
+    resamples: int
+
+    @property
+    def significant(self) -> bool:
+        """Whether the interval lies entirely above 0 (the candidate is better beyond resampling noise)."""
+        return self.ci_low > 0
+
+    def sentence(self) -> str:
+        return (f"paired bootstrap difference of {self.metric} {self.difference:+.4f} "
+                f"({self.confidence:.0%} CI {self.ci_low:+.4f} to {self.ci_high:+.4f}, "
+                f"{self.cases} test cases, {self.resamples} resamples)")
 
 
 def registered_model_name(dataset: str, synthetic: bool) -> str:
@@ -285,12 +328,27 @@ def _training_section(run: Run, config: ExperimentConfig) -> str:
     trained = ""
     if "epochs_trained" in metrics:
         trained = f" (trained {int(metrics['epochs_trained'])}, best epoch {int(metrics.get('best_epoch', 0))})"
-    dropout = "/".join(f"{value:.3g}" for value in model.dropout)
-    return (f"**Training**: {run.data.tags.get('model', model.name)} (pretrained={model.pretrained}, "
-            f"dropout {dropout}, "
+    return (f"**Training**: {run.data.tags.get('model', model.name)} ({_model_settings(run, model)}"
             f"unfrozen_layers {model.unfrozen_layers}); optimizer {train.optimizer}, lr {train.lr:g}, "
             f"weight decay {train.weight_decay:g}, batch size {train.batch_size}, epochs {train.epochs}{trained}, "
             f"patience {train.patience} on {train.monitor}, seed {train.seed}.")
+
+
+def _model_settings(run: Run, model) -> str:
+    """The tuning knobs the architecture applied (`applied_settings`), e.g. `dropout 0.1, head dropout 0.3, `."""
+    from medxp.models.factory import applied_settings
+
+    parts = []
+    for key, value in applied_settings(model).items():
+        if key == "pretrained":
+            value = f"{value} ({run.data.tags.get('model.weights_source', 'weights not recorded')})"
+        elif isinstance(value, tuple):
+            value = "/".join(f"{item:.3g}" for item in value)
+        elif not isinstance(value, (bool, str)):
+            value = f"{value:.3g}"
+        if value != "":
+            parts.append(f"{key.replace('_', ' ')} {value}, ")
+    return "".join(parts)
 
 
 def _provenance_section(run: Run, attached: list[str]) -> str:
@@ -307,7 +365,8 @@ def _provenance_section(run: Run, attached: list[str]) -> str:
 
 
 def promote(dataset: str, *, version: str | int | None = None, synthetic: bool, force: bool = False,
-            primary_metric: str = "accuracy", note: str = "") -> PromotionDecision:
+            primary_metric: str = "accuracy", note: str = "", require_significant: bool = False,
+            resamples: int = 2000, confidence: float = 0.95) -> PromotionDecision:
     """Moves `champion` to the candidate when it beats the champion on the same test data.
 
     Strictly greater `test_<primary_metric>` wins; a tie keeps the champion. Versions tested
@@ -322,6 +381,9 @@ def promote(dataset: str, *, version: str | int | None = None, synthetic: bool, 
         force: Promote even when the rule refuses; recorded as `promotion.forced=true`.
         primary_metric: Compared as the run metric `test_<primary_metric>`.
         note: Why (kept in `promotion.note`); expected with `force`.
+        require_significant: Also require the paired bootstrap interval of the difference to lie above 0.
+        resamples: Bootstrap resamples of the paired comparison.
+        confidence: Coverage of its interval.
 
     Returns:
         The decision, whose `reason` is one readable sentence.
@@ -340,15 +402,76 @@ def promote(dataset: str, *, version: str | int | None = None, synthetic: bool, 
         raise MedxpError(f"{name} version {candidate.version}: no '{metric}' (tag 'metric.{metric}' or run metric); "
                          "expected the primary_metric the versions were evaluated with")
     champion_value = _version_metric(client, champion, metric) if champion else None
+    paired, unpaired_why = None, ""
+    if champion is not None and str(champion.version) != str(candidate.version):
+        paired, unpaired_why = paired_comparison(client, candidate, champion, primary_metric, resamples, confidence)
     outcome, forced, reason = _judge(candidate, champion, metric, candidate_value, champion_value, force)
+    if outcome == "promoted" and not forced and champion is not None and require_significant \
+            and not (paired is not None and paired.significant):
+        why = paired.sentence() + " does not lie above 0" if paired else f"no paired comparison ({unpaired_why})"
+        outcome, reason = _significance_refusal(candidate, champion, why, force)
+        forced = outcome == "promoted"
+    elif champion is not None and outcome != "unchanged":
+        reason += f" Its {paired.sentence()}." if paired else f" No paired comparison: {unpaired_why}."
     if outcome == "promoted":
         _move_champion(client, name, candidate, champion)
     before = str(champion.version) if champion else None
     after = str(candidate.version) if outcome == "promoted" else before
     decision = PromotionDecision(name, outcome, outcome == "promoted", str(candidate.version), before, after, metric,
-                                 candidate_value, champion_value, forced, reason)
+                                 candidate_value, champion_value, forced, reason, paired)
     _record_decision(client, decision, note)
     return decision
+
+
+def _significance_refusal(candidate: ModelVersion, champion: ModelVersion, why: str, force: bool) -> tuple[str, str]:
+    """(outcome, reason) when only promote.require_significant stands in the way."""
+    new, old = f"version {candidate.version}", f"champion version {champion.version}"
+    if force:
+        return "promoted", (f"Forced by {_user()}: promoted {new} over {old} although promote.require_significant "
+                            f"refused ({why}).")
+    return "refused", (f"Refused {new}: promote.require_significant is set and the {why}; {old} stays "
+                       "(force=True overrides).")
+
+
+def paired_comparison(client: MlflowClient, candidate: ModelVersion, champion: ModelVersion, primary_metric: str,
+                      resamples: int = 2000, confidence: float = 0.95) -> tuple[PairedComparison | None, str]:
+    """The paired bootstrap of `test_<primary_metric>`, candidate minus champion, or (None, why not).
+
+    Both versions' `evaluation/test_predictions.csv` must hold the same test cases (same labels in
+    the same order) and the same classes; versions scored on different data (fingerprints) are
+    never paired.
+    """
+    from medxp.training.metrics import paired_bootstrap_difference
+
+    if not _fingerprint(candidate) or _fingerprint(candidate) != _fingerprint(champion):
+        return None, "the versions were not tested on the same data fingerprint"
+    tables = {}
+    for label, version in (("candidate", candidate), ("champion", champion)):
+        tables[label] = _test_predictions(version)
+        if tables[label] is None:
+            return None, f"version {version.version} has no {PREDICTIONS_ARTIFACT} (registered before medxp logged it)"
+    (labels, probs, classes), (champion_labels, champion_probs, champion_classes) = tables["candidate"], tables["champion"]
+    if classes != champion_classes or len(labels) != len(champion_labels) or (labels != champion_labels).any():
+        return None, "the two prediction tables do not hold the same test cases and classes"
+    difference, (low, high) = paired_bootstrap_difference(labels, probs, champion_probs, classes, primary_metric,
+                                                          n_resamples=resamples, confidence=confidence)
+    return PairedComparison(f"test_{primary_metric}", difference, low, high, confidence, len(labels), resamples), ""
+
+
+def _test_predictions(version: ModelVersion):
+    """(labels, probabilities, class names) from the version's source run, None when it has none."""
+    import pandas as pd
+
+    if not version.run_id:
+        return None
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=PREDICTIONS_ARTIFACT)
+    except Exception:  # absent: a version registered before predictions were logged
+        return None
+    table = pd.read_csv(local)
+    columns = [column for column in table.columns if column.startswith("prob_")]
+    return (table["label"].to_numpy(dtype=int), table[columns].to_numpy(dtype=float),
+            tuple(column.removeprefix("prob_") for column in columns))
 
 
 def _judge(candidate: ModelVersion, champion: ModelVersion | None, metric: str, candidate_value: float,
@@ -411,6 +534,14 @@ def _record_decision(client: MlflowClient, decision: PromotionDecision, note: st
         "promotion.decided_by": _user(),
         "promotion.note": _clip(note),
     }
+    if decision.paired is not None:
+        paired = decision.paired
+        tags.update({"promotion.paired_difference": _number(paired.difference),
+                     "promotion.paired_ci_low": _number(paired.ci_low),
+                     "promotion.paired_ci_high": _number(paired.ci_high),
+                     "promotion.paired_confidence": _number(paired.confidence),
+                     "promotion.paired_cases": str(paired.cases),
+                     "promotion.paired_significant": str(paired.significant).lower()})
     if decision.forced:
         tags["promotion.forced_by"] = tags["promotion.decided_by"]
         tags["promotion.forced_at"] = tags["promotion.decided_at"]

@@ -48,8 +48,17 @@ def config_for(dataset: str) -> ExperimentConfig:
     return ExperimentConfig(dataset=DatasetSpec(name=dataset, class_names=CLASS_NAMES, image_size=8, channels=3))
 
 
+def prediction_table(first_right: int, last_right: int, cases: int = 200) -> dict:
+    """Per-case test predictions (label, prob_<class>), right exactly on cases first_right..last_right-1."""
+    labels = np.arange(cases) % 2
+    right = (np.arange(cases) >= first_right) & (np.arange(cases) < last_right)
+    positive_prob = np.where(right == (labels == 1), 0.8, 0.2)
+    return {"label": labels.tolist(), "prob_normal": (1 - positive_prob).tolist(),
+            "prob_glaucoma": positive_prob.tolist()}
+
+
 def log_fake_run(dataset: str, accuracy: float, *, fingerprint: str = "fp-test-a", synthetic: bool = True,
-                 explanations: bool = True) -> tuple[str, str]:
+                 explanations: bool = True, predictions: dict | None = None) -> tuple[str, str]:
     """One run shaped like a medxp training run; returns (run_id, LoggedModel URI)."""
     config = config_for(dataset)
     torch.manual_seed(0)
@@ -68,6 +77,10 @@ def log_fake_run(dataset: str, accuracy: float, *, fingerprint: str = "fp-test-a
                            "evaluation/test_confusion_matrix.png")
         tracker.log_text("fake report", "evaluation/test_classification_report.txt")
         tracker.log_dict({"matrix": [[8, 2], [2, 8]]}, "evaluation/test_confusion_matrix.json")
+        if predictions is not None:
+            import pandas as pd
+
+            mlflow.log_text(pd.DataFrame(predictions).to_csv(index=False), "evaluation/test_predictions.csv")
         if explanations:
             tracker.log_figure(confusion_matrix_figure([[1, 0], [0, 1]], CLASS_NAMES), "explanations/lime_0.png")
         model_uri = tracker.log_model(model, np.random.rand(2, 3, 8, 8).astype(np.float32))
@@ -194,3 +207,40 @@ def test_champion_loads_by_alias_and_predicts_any_batch(tracking, dataset):
             probabilities = model(torch.rand(batch_size, 3, 8, 8))
         assert probabilities.shape == (batch_size, len(CLASS_NAMES))
         assert torch.allclose(probabilities.sum(dim=1), torch.ones(batch_size), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_paired_bootstrap_gate(tracking, dataset):
+    """A better point estimate is not enough under require_significant: the paired CI must lie above 0."""
+    # Of 200 test cases the champion gets 0-139 right; the slightly better candidate loses 10 of those
+    # and gains 12 others (+2 cases); the clearly better one gets 0-179 right (+40 cases, none lost).
+    for first, last in ((0, 140), (10, 152), (0, 180)):
+        run_id, model_uri = log_fake_run(dataset, (last - first) / 200, explanations=False,
+                                         predictions=prediction_table(first, last))
+        register_model(run_id, model_uri, config_for(dataset), synthetic=True)
+    promote(dataset, version=1, synthetic=True)
+
+    slight = promote(dataset, version=2, synthetic=True, require_significant=True, resamples=500)
+    assert not slight.promoted and slight.outcome == "refused"
+    assert slight.paired is not None and slight.paired.difference == pytest.approx(0.01)
+    assert slight.paired.ci_low < 0 < slight.paired.ci_high and "require_significant" in slight.reason
+    tags = tracking.get_model_version(slight.registered_model, "2").tags
+    assert tags["promotion.paired_significant"] == "false" and tags["promotion.paired_cases"] == "200"
+
+    # Without the gate the same candidate wins on its point estimate, and the interval is still reported.
+    plain = promote(dataset, version=2, synthetic=True, resamples=500)
+    assert plain.promoted and "paired bootstrap difference of test_accuracy +0.0100" in plain.reason
+
+    clear = promote(dataset, version=3, synthetic=True, require_significant=True, resamples=500)
+    assert clear.promoted and clear.paired.significant and clear.paired.ci_low > 0
+    assert clear.paired.difference == pytest.approx(0.19)
+    assert aliases(tracking, dataset) == {"champion": "3", "previous": "2"}
+
+
+@pytest.mark.slow
+def test_gate_refuses_without_predictions(tracking, dataset):
+    register_fake_runs(dataset, 0.80, 0.90, explanations=False)  # no test_predictions.csv logged
+    promote(dataset, version=1, synthetic=True)
+    decision = promote(dataset, version=2, synthetic=True, require_significant=True)
+    assert not decision.promoted and decision.paired is None
+    assert "no evaluation/test_predictions.csv" in decision.reason

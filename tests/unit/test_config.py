@@ -14,7 +14,7 @@ def write(tmp_path, text: str):
     return path
 
 
-MINIMAL = "dataset: {name: toy, class_names: [a, b]}\n"
+MINIMAL = "dataset: {name: toy, class_names: [a, b], positive_class: b}\n"
 
 
 def test_project_file_overrides_only_what_it_names(tmp_path):

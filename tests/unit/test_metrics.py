@@ -11,7 +11,15 @@ from matplotlib.figure import Figure
 
 from medxp.errors import MedxpError
 from medxp.training import metrics, plots
-from medxp.training.metrics import bootstrap_ci, classification_metrics, confusion, report_dict, report_text
+from medxp.training.metrics import (
+    bootstrap_ci,
+    classification_metrics,
+    confusion,
+    predict_at_threshold,
+    report_dict,
+    report_text,
+    threshold_metrics,
+)
 
 BINARY_NAMES = ["normal", "abnormal"]
 THREE_NAMES = ["benign", "malignant", "normal"]
@@ -71,11 +79,49 @@ def test_binary_metrics_match_hand_counts():
         "f1_weighted": (2 * 1 / 2 + 3 * 2 / 3) / 5,
         # positive/negative pairs (6): 0.8 and 0.7 beat both negatives, 0.4 beats only 0.1
         "roc_auc": 5 / 6,
+        "ppv": 2 / 3,  # TP / (TP + FP)
+        "npv": 1 / 2,  # TN / (TN + FN)
+        "f1": 2 / 3,  # 2TP / (2TP + FP + FN) = 4 / 6
+        # scores high to low: 0.8 P, 0.7 P, 0.6 N, 0.4 P, 0.1 N -> (1 + 1 + 3/4) / 3
+        "pr_auc": 11 / 12,
     }
     assert set(result) == set(expected)
     for name, value in expected.items():
         assert result[name] == pytest.approx(value), name
     assert all(type(value) is float for value in result.values())
+
+
+def test_binary_metrics_are_of_the_positive_class_when_it_is_label_0():
+    # BreastMNIST's order: label 0 malignant (positive), label 1 normal_benign. Same cases as above,
+    # now with class 0 positive: TP = case 0, FN = case 1 (predicted 1), FP = case 4, TN = cases 2, 3.
+    names = ["malignant", "normal_benign"]
+    result = classification_metrics(BINARY_TRUE, BINARY_PROB, names, positive_index=0)
+    assert result["sensitivity"] == pytest.approx(1 / 2)  # TP / (TP + FN) of malignant, not 2/3
+    assert result["specificity"] == pytest.approx(2 / 3)
+    assert result["ppv"] == pytest.approx(1 / 2) and result["npv"] == pytest.approx(2 / 3)
+    assert result["f1"] == pytest.approx(1 / 2)
+    # p(malignant) high to low: 0.9 P, 0.6 N, 0.4 P, 0.3 N, 0.2 N -> (1 + 2/3) / 2
+    assert result["pr_auc"] == pytest.approx(5 / 6)
+    assert result["roc_auc"] == pytest.approx(5 / 6)  # the AUC does not depend on which class is positive
+    from sklearn.metrics import recall_score
+
+    assert result["sensitivity"] == pytest.approx(recall_score(BINARY_TRUE, BINARY_PROB.argmax(1), pos_label=0))
+
+
+def test_bootstrap_sensitivity_of_label_0_is_the_specificity_of_label_1():
+    labels, probabilities = noisy_task(150, 2, seed=11)
+    as_label_0 = bootstrap_ci(labels, probabilities, BINARY_NAMES, n_resamples=200, positive_index=0)
+    as_label_1 = bootstrap_ci(labels, probabilities, BINARY_NAMES, n_resamples=200, positive_index=1)
+    assert as_label_0["sensitivity"] == as_label_1["specificity"]
+    assert as_label_0["specificity"] == as_label_1["sensitivity"]
+    assert as_label_0["pr_auc"] != as_label_1["pr_auc"]
+
+
+def test_threshold_metrics_decide_positive_at_or_above_the_threshold():
+    # p(abnormal) 0.1 0.6 0.8 0.7 0.4 at threshold 0.4: predicted 0 1 1 1 1 -> TP 3, FN 0, FP 1, TN 1.
+    result = threshold_metrics(BINARY_TRUE, BINARY_PROB, positive_index=1, threshold=0.4)
+    assert result == pytest.approx({"sensitivity": 1.0, "specificity": 0.5, "ppv": 3 / 4, "npv": 1.0, "f1": 6 / 7})
+    assert predict_at_threshold(BINARY_PROB, 0, 0.85).tolist() == [0, 1, 1, 1, 1]  # only p(normal) 0.9 >= 0.85
 
 
 def test_multiclass_macro_and_weighted_match_hand_counts():
@@ -136,7 +182,7 @@ def test_bootstrap_interval_contains_point_estimate():
     labels, probabilities = noisy_task(400, 2, seed=0)
     point = classification_metrics(labels, probabilities, BINARY_NAMES)
     intervals = bootstrap_ci(labels, probabilities, BINARY_NAMES, n_resamples=500)
-    assert set(intervals) == {"accuracy", "f1_macro", "roc_auc", "sensitivity", "specificity"}
+    assert set(intervals) == {"accuracy", "f1_macro", "roc_auc", "pr_auc", "sensitivity", "specificity"}
     for name, (lower, upper) in intervals.items():
         assert lower <= point[name] <= upper, name
         assert type(lower) is float and type(upper) is float
@@ -187,23 +233,43 @@ def test_bootstrap_with_one_class_gives_nan_interval_for_auc():
     assert intervals["accuracy"] == (1.0, 1.0)
 
 
-@pytest.mark.parametrize("n_classes", [2, 3, 5])
-def test_vectorised_resample_metrics_equal_sklearn(n_classes):
+@pytest.mark.parametrize(("n_classes", "positive_index"), [(2, 1), (2, 0), (3, 1), (5, 1)])
+def test_vectorised_resample_metrics_equal_sklearn(n_classes, positive_index):
     labels, probabilities = noisy_task(60, n_classes, seed=n_classes)
     probabilities = np.round(probabilities, 1)  # ties in the scores, which AUC counts as half
     probabilities[:, 0] = 1 - probabilities[:, 1:].sum(axis=1)
     class_names = [f"class{i}" for i in range(n_classes)]
-    names = ["accuracy", "f1_macro", "roc_auc"] + (["sensitivity", "specificity"] if n_classes == 2 else [])
+    binary = ["sensitivity", "specificity", "ppv", "npv", "f1", "pr_auc"]
+    names = ["accuracy", "f1_macro", "roc_auc"] + (binary if n_classes == 2 else [])
     indices = np.random.default_rng(0).integers(0, len(labels), size=(40, len(labels)))
-    distributions = metrics._bootstrap_distributions(labels, probabilities, indices, names)
+    distributions = metrics._bootstrap_distributions(labels, probabilities, indices, names, positive_index)
     for resample, rows in enumerate(indices):
-        expected = classification_metrics(labels[rows], probabilities[rows], class_names)
+        expected = classification_metrics(labels[rows], probabilities[rows], class_names, positive_index)
         for name in names:
             value = distributions[name][resample]
             if not math.isnan(value):  # NaN where sklearn applies zero_division or AUC is undefined
                 assert value == pytest.approx(expected[name]), (name, resample)
-            elif name == "roc_auc":
+            elif name in ("roc_auc", "pr_auc"):
                 assert math.isnan(expected[name])
+
+
+def test_bootstrap_at_a_threshold_counts_predictions_made_at_it():
+    labels, probabilities = noisy_task(60, 2, seed=12)
+    indices = np.random.default_rng(1).integers(0, len(labels), size=(30, len(labels)))
+    y_pred = predict_at_threshold(probabilities, 0, 0.3)
+    names = list(metrics.THRESHOLD_METRICS)
+    distributions = metrics._bootstrap_distributions(labels, probabilities, indices, names, 0, y_pred)
+    for resample, rows in enumerate(indices):
+        expected = threshold_metrics(labels[rows], probabilities[rows], positive_index=0, threshold=0.3)
+        for name in names:
+            value = distributions[name][resample]
+            assert math.isnan(value) or value == pytest.approx(expected[name]), (name, resample)
+    intervals = bootstrap_ci(labels, probabilities, BINARY_NAMES, n_resamples=200, metrics=names,
+                             positive_index=0, threshold=0.3)
+    point = threshold_metrics(labels, probabilities, 0, 0.3)
+    assert all(intervals[name][0] <= point[name] <= intervals[name][1] for name in names)
+    with pytest.raises(MedxpError, match="do not depend on the threshold"):
+        bootstrap_ci(labels, probabilities, BINARY_NAMES, metrics=["roc_auc"], threshold=0.3)
 
 
 def test_bootstrap_in_chunks_is_deterministic_and_complete(monkeypatch):
@@ -328,6 +394,31 @@ def test_roc_figure_binary_draws_one_curve_with_auc(tmp_path):
     labels = [text.get_text() for text in axes.get_legend().get_texts()]
     assert labels == ["abnormal vs normal (AUC = 0.833)", "chance"]
     assert saved_png(figure, tmp_path / "roc.png") == b"\x89PNG\r\n\x1a\n"
+
+
+def test_roc_figure_binary_is_of_the_positive_class_and_marks_the_threshold():
+    figure = plots.roc_figure(BINARY_TRUE, BINARY_PROB, BINARY_NAMES, positive_index=0, threshold=0.5,
+                              title="ROC (test), positive normal")
+    (axes,) = figure.axes
+    labels = [text.get_text() for text in axes.get_legend().get_texts()]
+    # p(normal) >= 0.5 on cases 0 and 4: one of two normals (sens 0.5), two of three abnormals negative (spec 0.67).
+    assert labels == ["normal vs abnormal (AUC = 0.833)", "threshold 0.500: sens 0.50, spec 0.67", "chance"]
+    assert axes.get_title() == "ROC (test), positive normal"
+
+
+@pytest.mark.parametrize("positive_index", [None, 0])
+def test_reliability_figure_draws_before_and_after(positive_index, tmp_path):
+    labels, probabilities = noisy_task(200, 2 if positive_index is not None else 3, seed=13)
+    names = BINARY_NAMES if positive_index is not None else THREE_NAMES
+    sharper = probabilities ** 3 / (probabilities ** 3).sum(axis=1, keepdims=True)
+    figure = plots.reliability_figure(labels, probabilities, names, positive_index=positive_index,
+                                      uncalibrated_prob=sharper, title="Reliability (test)")
+    curve_axes, count_axes = figure.axes
+    assert [line.get_label() for line in curve_axes.lines] == ["before calibration", "calibrated",
+                                                               "perfectly calibrated"]
+    expected_label = "predicted p(normal)" if positive_index == 0 else "top-class confidence"
+    assert count_axes.get_xlabel() == expected_label
+    assert saved_png(figure, tmp_path / "reliability.png") == b"\x89PNG\r\n\x1a\n"
 
 
 def test_roc_figure_multiclass_draws_one_curve_per_class():

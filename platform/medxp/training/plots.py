@@ -1,4 +1,4 @@
-"""Figures of a run's results: confusion matrix, learning curves, ROC curves.
+"""Figures of a run's results: confusion matrix, learning curves, ROC curves, reliability diagrams.
 
 Each function returns a :class:`matplotlib.figure.Figure` and saves nothing;
 callers write it (``figure.savefig(path)``) or log it (``mlflow.log_figure``).
@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from sklearn.calibration import calibration_curve
 from sklearn.metrics import auc, roc_curve
 
 from medxp.errors import MedxpError
@@ -95,10 +96,12 @@ def curves_figure(history: Sequence[Mapping[str, float]], *, best_epoch: int | N
     return figure
 
 
-def roc_figure(y_true: np.ndarray, y_prob: np.ndarray, class_names: Sequence[str]) -> Figure:
+def roc_figure(y_true: np.ndarray, y_prob: np.ndarray, class_names: Sequence[str], *, positive_index: int = 1,
+               threshold: float | None = None, title: str = "ROC") -> Figure:
     """Draws ROC curves with their AUC in the legend.
 
-    Binary tasks get one curve, for class 1 (the positive class) against class 0.
+    Binary tasks get one curve, for the positive class against the other, and, given a
+    threshold, a marker at the (1 - specificity, sensitivity) it reaches on these cases.
     Multi-class tasks get one one-vs-rest curve per class; a class with no case
     in ``y_true`` (or present in every case) has no curve and is named in the legend.
 
@@ -106,6 +109,9 @@ def roc_figure(y_true: np.ndarray, y_prob: np.ndarray, class_names: Sequence[str
         y_true: Integer labels, shape ``(N,)``.
         y_prob: Class probabilities, shape ``(N, C)``.
         class_names: The ``C`` class names.
+        positive_index: Label of a binary task's positive class.
+        threshold: A binary decision threshold on the positive class's probability to mark.
+        title: Title above the curves (name the split and positive class there).
 
     Returns:
         The figure, with one axes.
@@ -113,6 +119,69 @@ def roc_figure(y_true: np.ndarray, y_prob: np.ndarray, class_names: Sequence[str
     Raises:
         MedxpError: If ``y_prob`` is not ``(N, C)`` for ``N`` labels and ``C`` class names.
     """
+    y_true, y_prob = _checked_probabilities(y_true, y_prob, class_names)
+    figure = Figure(figsize=(5.5, 5.2), layout="constrained")
+    axes = figure.add_subplot()
+    if len(class_names) == 2:
+        is_positive, scores = y_true == positive_index, y_prob[:, positive_index]
+        _plot_roc_curve(axes, is_positive, scores,
+                        f"{class_names[positive_index]} vs {class_names[1 - positive_index]}")
+        if threshold is not None:
+            _mark_threshold(axes, is_positive, scores, threshold)
+    else:
+        for label, name in enumerate(class_names):
+            _plot_roc_curve(axes, y_true == label, y_prob[:, label], f"{name} vs rest")
+    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+    axes.set(title=title, xlabel="false positive rate (1 - specificity)",
+             ylabel="true positive rate (sensitivity)", xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
+    axes.legend(loc="lower right", fontsize="small")
+    return figure
+
+
+def reliability_figure(y_true: np.ndarray, y_prob: np.ndarray, class_names: Sequence[str], *,
+                       positive_index: int | None = None, uncalibrated_prob: np.ndarray | None = None,
+                       n_bins: int = 15, title: str = "Reliability") -> Figure:
+    """Draws a reliability diagram (``sklearn.calibration.calibration_curve``, equal-width bins).
+
+    Binary tasks (``positive_index`` given): the observed fraction of positives against the
+    predicted probability of the positive class. Multi-class: the accuracy against the
+    top-class confidence (the quantity ECE bins). A histogram of the predicted values sits
+    below. With ``uncalibrated_prob`` the curve before calibration is drawn too, dashed.
+
+    Args:
+        y_true: Integer labels, shape ``(N,)``.
+        y_prob: Class probabilities, shape ``(N, C)`` (after calibration, if any).
+        class_names: The ``C`` class names.
+        positive_index: Label of a binary task's positive class; None for the top-class view.
+        uncalibrated_prob: The probabilities before calibration, same shape.
+        n_bins: Number of equal-width bins.
+        title: Title above the diagram (name the split there).
+
+    Returns:
+        The figure, with two axes (the curve, the histogram).
+    """
+    y_true, y_prob = _checked_probabilities(y_true, y_prob, class_names)
+    figure = Figure(figsize=(5.5, 6.2), layout="constrained")
+    curve_axes, count_axes = figure.subplots(2, 1, height_ratios=(3, 1), sharex=True)
+    curves = [("before calibration", uncalibrated_prob, "--")] if uncalibrated_prob is not None else []
+    curves.append(("calibrated" if uncalibrated_prob is not None else "model", y_prob, "-"))
+    for label, probabilities, style in curves:
+        outcome, scores = _reliability_inputs(y_true, np.asarray(probabilities, dtype=float), positive_index)
+        observed, predicted = calibration_curve(outcome, scores, n_bins=n_bins, strategy="uniform", pos_label=True)
+        curve_axes.plot(predicted, observed, marker="o", markersize=3, linestyle=style, label=label)
+        count_axes.hist(scores, bins=n_bins, range=(0, 1), histtype="step", linestyle=style)
+    curve_axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfectly calibrated")
+    binary = positive_index is not None
+    curve_axes.set(title=title, ylabel=f"observed fraction {class_names[positive_index]}" if binary else "accuracy",
+                   xlim=(0, 1), ylim=(0, 1.01))
+    curve_axes.legend(loc="upper left", fontsize="small")
+    count_axes.set(xlabel=f"predicted p({class_names[positive_index]})" if binary else "top-class confidence",
+                   ylabel="cases")
+    return figure
+
+
+def _checked_probabilities(y_true: np.ndarray, y_prob: np.ndarray,
+                           class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     y_true = np.asarray(y_true).astype(int)
     y_prob = np.asarray(y_prob, dtype=float)
     if y_prob.shape != (len(y_true), len(class_names)):
@@ -120,18 +189,7 @@ def roc_figure(y_true: np.ndarray, y_prob: np.ndarray, class_names: Sequence[str
             f"y_prob: expected shape {(len(y_true), len(class_names))} for {len(y_true)} labels "
             f"and {len(class_names)} class names, got {y_prob.shape}"
         )
-    figure = Figure(figsize=(5.5, 5.2), layout="constrained")
-    axes = figure.add_subplot()
-    if len(class_names) == 2:
-        _plot_roc_curve(axes, y_true == 1, y_prob[:, 1], f"{class_names[1]} vs {class_names[0]}")
-    else:
-        for label, name in enumerate(class_names):
-            _plot_roc_curve(axes, y_true == label, y_prob[:, label], f"{name} vs rest")
-    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
-    axes.set(title="ROC", xlabel="false positive rate (1 - specificity)",
-             ylabel="true positive rate (sensitivity)", xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
-    axes.legend(loc="lower right", fontsize="small")
-    return figure
+    return y_true, y_prob
 
 
 # ---------------------------------------------------------------- confusion matrix helpers
@@ -238,3 +296,23 @@ def _plot_roc_curve(axes: Axes, is_positive: np.ndarray, scores: np.ndarray, lab
     false_positive_rate, true_positive_rate, _ = roc_curve(is_positive, scores)
     area = auc(false_positive_rate, true_positive_rate)
     axes.plot(false_positive_rate, true_positive_rate, linewidth=1.5, label=f"{label} (AUC = {area:.3f})")
+
+
+def _mark_threshold(axes: Axes, is_positive: np.ndarray, scores: np.ndarray, threshold: float) -> None:
+    """A point at the (1 - specificity, sensitivity) the threshold reaches on these cases."""
+    predicted = scores >= threshold
+    sensitivity = predicted[is_positive].mean() if is_positive.any() else np.nan
+    false_positive_rate = predicted[~is_positive].mean() if (~is_positive).any() else np.nan
+    axes.plot([false_positive_rate], [sensitivity], marker="o", color="C3", linestyle="none",
+              label=f"threshold {threshold:.3f}: sens {sensitivity:.2f}, spec {1 - false_positive_rate:.2f}")
+
+
+# ---------------------------------------------------------------- reliability helpers
+
+
+def _reliability_inputs(y_true: np.ndarray, y_prob: np.ndarray,
+                        positive_index: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(outcome, score) per case: positive and p(positive), or correct and top-class confidence."""
+    if positive_index is not None:
+        return y_true == positive_index, y_prob[:, positive_index]
+    return y_prob.argmax(axis=1) == y_true, y_prob.max(axis=1)
