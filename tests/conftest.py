@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mlflow
@@ -10,6 +11,8 @@ import pytest
 from medxp.config import ExperimentConfig, load_project
 
 REPO = Path(__file__).resolve().parents[1]
+# model.pretrained = auto never tries the hub in tests: offline sources only (packages, caches).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Shrinks the real glaucoma project to seconds: few images, 3 folds, 32 px.
 TINY = {
@@ -57,6 +60,7 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)  # medxp would put the runs there
     mlflow.set_tracking_uri(uri)
     yield uri
     while mlflow.active_run():

@@ -58,8 +58,9 @@ def test_every_model_gives_logits_per_class_for_every_project(project, name):
 @pytest.mark.parametrize("name", TIMM_BACKBONES)
 def test_every_timm_backbone_builds_for_a_grey_many_class_spec(name):
     config, spec = spec_for("organsmnist" if "organsmnist" in project_names() else "glaucoma", name)
+    shapes_only = config.replace({"model.pretrained": False}).model  # meta tensors cannot hold weights
     with torch.device("meta"):
-        model = create_model(config.model, spec).eval()
+        model = create_model(shapes_only, spec).eval()
         logits = model(example_inputs(spec, device="meta"))
     assert logits.shape == (2, len(spec.class_names))
 
@@ -154,3 +155,21 @@ def test_inference_model_standardises_feature_rows():
     rows = torch.tensor([[1.0, 2.0, 3.0]])
     expected = torch.softmax(network(torch.zeros(1, 3)), dim=1)
     assert torch.allclose(model(rows), expected)
+
+
+def test_model_card_prints_only_the_settings_the_model_applied():
+    from types import SimpleNamespace
+
+    from medxp.promotion import _training_section
+
+    def card(overrides: dict, tags: dict) -> str:
+        run = SimpleNamespace(data=SimpleNamespace(tags=tags, metrics={}))
+        return _training_section(run, load_project("glaucoma", overrides))
+
+    seed = card({}, {})
+    assert "dropout 0.1, head dropout 0.3, unfrozen_layers -1" in seed and "pretrained" not in seed
+    timm_card = card({"model": "resnet18"}, {"model.weights_source": "random-init (no ImageNet weights found)"})
+    assert "pretrained auto (random-init (no ImageNet weights found))" in timm_card
+    assert " dropout 0.1" not in timm_card and "head dropout 0.3" in timm_card
+    vgg = card({"model": "vgg16_plain"}, {})
+    assert "(dropout 0, unfrozen_layers -1)" in vgg and "head dropout" not in vgg

@@ -139,3 +139,27 @@ def test_new_optimizers_are_accepted():
     for name in ("adadelta", "adagrad", "rmsprop"):
         assert load_project("glaucoma", {"optimizer": name}).train.optimizer == name
         assert name in OPTIMIZERS
+
+
+def test_a_space_searching_a_key_the_model_does_not_read_is_refused_before_any_trial():
+    space = load_search_space("glaucoma")  # searches dropout
+    config = load_project("glaucoma", {"model": "resnet18"})
+    with pytest.raises(MedxpError, match=r"glaucoma.yaml: parameter 'dropout' searches model.dropout, which "
+                                         r"model 'resnet18' does not read.*small_cnn"):
+        space.check_against(config)
+    space.check_against(config.replace({"model": "vgg16_dwsep"}))  # VGG applies it per conv block
+
+
+def test_a_searched_model_is_checked_against_each_candidate_its_when_allows(tmp_path):
+    refused = load_search_space(write_space(tmp_path, """
+model: {type: categorical, choices: [small_cnn, resnet18]}
+dropout: {type: float, low: 0.0, high: 0.4}
+"""))
+    with pytest.raises(MedxpError, match=r"parameter 'dropout' searches model.dropout, which model 'resnet18'"):
+        refused.check_against(load_project("glaucoma"))
+    limited = load_search_space(write_space(tmp_path, """
+model: {type: categorical, choices: [small_cnn, resnet18]}
+dropout: {type: float, low: 0.0, high: 0.4, when: {model: small_cnn}}
+model.head_pooling: {type: categorical, choices: [avg, max], when: {model: resnet18}}
+"""))
+    limited.check_against(load_project("glaucoma"))

@@ -103,3 +103,65 @@ def test_image_models_refuse_tabular_data_naming_the_models_that_fit():
     with pytest.raises(MedxpError, match=r"'resnet18' reads image data but dataset 'fetal_health' is tabular; "
                                          r"expected one of: mlp"):
         create_model(config.model, config.dataset)
+
+
+# ----------------------------------------------------------------------------- model.dropout: one meaning
+
+
+def block_dropouts(model) -> list[float]:
+    return [m.p for m in model.features.modules() if isinstance(m, nn.Dropout2d)]
+
+
+@pytest.mark.parametrize("name, blocks", [("lenet", 2), ("lenet_big", 2), ("vgg16_dwsep", 4), ("vgg16_plain", 4)])
+def test_dropout_is_dropout2d_after_each_conv_block_as_in_the_conv_stacks(name, blocks):
+    project = "organsmnist" if name.startswith("lenet") else "glaucoma"
+    studied, _ = build({"model": name}, project)
+    assert block_dropouts(studied) == []  # empty model.dropout: the study's network, no conv dropout
+    one_rate, _ = build({"model": name, "model.dropout": 0.2}, project)
+    assert block_dropouts(one_rate) == [0.2] * blocks
+    per_block, _ = build({"model": name, "model.dropout": [0.1 * (i + 1) for i in range(blocks)]}, project)
+    assert block_dropouts(per_block) == pytest.approx([0.1 * (i + 1) for i in range(blocks)])
+    for block in (list(per_block.features.children()),):
+        pools = [i for i, m in enumerate(block) if isinstance(m, nn.MaxPool2d)]
+        assert all(isinstance(block[i + 1], nn.Dropout2d) for i in pools)
+    if name.startswith("vgg"):  # the study's classifier dropouts are untouched
+        assert [m.p for m in per_block.head if isinstance(m, nn.Dropout)] == [0.7, 0.5]
+    with pytest.raises(MedxpError, match=rf"'model.dropout' has 3 values for {blocks} conv blocks of {name}"):
+        build({"model": name, "model.dropout": [0.1, 0.2, 0.3]}, project)
+
+
+def test_empty_dropout_keeps_the_conv_stack_and_mlp_defaults():
+    small, _ = build({"model": "small_cnn"})
+    assert block_dropouts(small) == [0.1] * 4
+    mlp, _ = build({"model": "mlp", "model.hidden_sizes": [8, 4], "model.dropout": []}, "fetal_health")
+    assert [m.p for m in mlp.modules() if isinstance(m, nn.Dropout)] == [0.1, 0.1]
+
+
+@pytest.mark.parametrize("name, overrides, key", [
+    ("resnet18", {"model.dropout": 0.2}, "dropout"),
+    ("tf_efficientnet_lite0", {"model.dropout": [0.1]}, "dropout"),
+    ("timm/resnet10t", {"model.dropout": 0.3}, "dropout"),
+    ("vgg16_dwsep", {"model.head_dropout": 0.5}, "head_dropout"),
+    ("mlp", {"model.head_dropout": 0.1}, "head_dropout"),
+    ("small_cnn", {"model.head_batch_norm": True}, "head_batch_norm"),
+    ("lenet", {"model.pretrained_file": "x.pth"}, "pretrained_file"),
+])
+def test_a_knob_the_model_cannot_apply_is_an_error_naming_model_and_key(name, overrides, key):
+    project = "fetal_health" if name == "mlp" else "glaucoma"
+    with pytest.raises(MedxpError, match=rf"model.{key} = .*model '{name}' does not read it"):
+        build({"model": name, "model.pretrained": False, **overrides}, project)
+
+
+def test_another_models_layer_geometry_is_left_unused_not_refused():
+    model, _ = build({"model": "lenet", "model.channels": [32, 64, 128], "model.kernel_size": [5]}, "organsmnist")
+    assert [c.out_channels for c in convs(model)] == [6, 16]
+
+
+def test_applied_settings_list_only_what_the_model_reads():
+    from medxp.models.factory import applied_settings
+
+    config = load_project("glaucoma")
+    assert applied_settings(config.model) == {"dropout": (0.1,), "head_dropout": 0.3}
+    assert applied_settings(config.replace({"model": "vgg16_plain"}).model) == {"dropout": (0.0,)}
+    timm_settings = applied_settings(config.replace({"model": "resnet18"}).model)
+    assert "dropout" not in timm_settings and timm_settings["pretrained"] == "auto"

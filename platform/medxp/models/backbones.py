@@ -1,9 +1,12 @@
 """timm backbones by name (EfficientNet, ResNet, Inception, MobileNet, DenseNet, ConvNeXt) with a new head.
 
 The head follows the glaucoma study: global pooling (`model.head_pooling`: avg or max)
--> batch norm (`model.head_batch_norm`) -> dropout (`model.head_dropout`) -> linear.
-`model.pretrained` loads ImageNet weights through `medxp.models.pretrained` (offline
-sources first); grey images get the first conv's RGB weights summed (timm's
+-> batch norm (`model.head_batch_norm`) -> dropout (`model.head_dropout`) -> linear; that
+dropout is where timm's own `drop_rate` would act, so `model.dropout` is not read.
+`model.pretrained` picks the weights, found through `medxp.models.pretrained` (offline
+sources first): `auto` (the default) loads ImageNet weights when some source has them and
+otherwise starts from random init with a warning and says so in `weights_source`; `true`
+requires them; `false` never loads them. Grey images get the first conv's RGB weights summed (timm's
 `adapt_input_conv`), whichever source the weights came from. The architectures listed
 in `TIMM_BACKBONES` are registered by their timm names; any other timm model is
 reachable as `timm/<name>`.
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import logging
+
 import timm
 from timm.models import load_pretrained
 from torch import nn
@@ -20,7 +25,9 @@ from torch import nn
 from medxp.config import DatasetSpec, ExperimentConfig, ModelConfig
 from medxp.errors import MedxpError
 from medxp.models.factory import MODEL_INFO, ModelBuilder, ModelInfo, register_model
-from medxp.models.pretrained import resolve_weights
+from medxp.models.pretrained import find_weights, hub_allowed, resolve_weights, weights_available
+
+log = logging.getLogger(__name__)
 
 TIMM_BACKBONES = (
     "efficientnet_b0",
@@ -35,6 +42,8 @@ TIMM_BACKBONES = (
 # Smallest side the stems and pooling stages accept; Inception-v3's unpadded stem needs 75 px.
 MIN_INPUT_SIZE = {"inception_v3": 75}
 DEFAULT_MIN_INPUT_SIZE = 32
+# The `model.*` keys a timm backbone with medxp's head reads.
+TIMM_KEYS = ("head_dropout", "head_pooling", "head_batch_norm", "pretrained", "pretrained_file")
 
 
 class TimmClassifier(nn.Module):
@@ -44,7 +53,8 @@ class TimmClassifier(nn.Module):
         backbone: The timm model built with `num_classes=0` (it returns pooled features).
         head: (BatchNorm1d) -> Dropout -> Linear.
         pretrained_cfg: The backbone's timm pretrained config (mean, std, input size).
-        weights_source: Where pretrained weights came from, or `random-init`.
+        weights_source: Where pretrained weights came from, or `random-init` (with the reason when
+            `model.pretrained = auto` found none).
         weights_sha256: SHA-256 of the weight file, or empty for random init.
     """
 
@@ -75,13 +85,35 @@ def create_timm_classifier(name: str, model: ModelConfig, spec: DatasetSpec) -> 
     backbone = timm.create_model(name, pretrained=False, num_classes=0, in_chans=spec.channels,
                                  global_pool=model.head_pooling)
     network = TimmClassifier(backbone, len(spec.class_names), model.head_dropout, model.head_batch_norm)
-    if model.pretrained:
-        weights = resolve_weights(name, backbone.state_dict().keys(), model.pretrained_file)
-        # timm's loader adapts the first conv to `in_chans` (grey: RGB weights summed) and drops the classifier.
-        load_pretrained(backbone, pretrained_cfg={**backbone.pretrained_cfg, "state_dict": weights.state_dict},
-                        num_classes=0, in_chans=spec.channels)
-        network.weights_source, network.weights_sha256 = weights.source, weights.sha256
+    if model.pretrained is False:
+        return network
+    keys = backbone.state_dict().keys()
+    if model.pretrained is True:
+        weights = resolve_weights(name, keys, model.pretrained_file)
+    else:
+        weights, tried = find_weights(name, keys, model.pretrained_file, allow_download=hub_allowed(name),
+                                      hub_skipped="not tried: HF_HUB_OFFLINE is set or the hub does not answer")
+        if weights is None:
+            log.warning("model '%s': no ImageNet weights found (tried: %s); training from RANDOM INIT. "
+                        "Set model.pretrained = true to require them, or false to silence this.",
+                        name, "; ".join(tried))
+            network.weights_source = f"random-init (no ImageNet weights found for {name})"
+            return network
+    # timm's loader adapts the first conv to `in_chans` (grey: RGB weights summed) and drops the classifier.
+    load_pretrained(backbone, pretrained_cfg={**backbone.pretrained_cfg, "state_dict": weights.state_dict},
+                    num_classes=0, in_chans=spec.channels)
+    network.weights_source, network.weights_sha256 = weights.source, weights.sha256
     return network
+
+
+def uses_imagenet_weights(model: ModelConfig) -> bool:
+    """Whether `create_model(model, ...)` will load ImageNet weights (auto: whether a source has them)."""
+    name = model.name.removeprefix("timm/")
+    if model.pretrained is False or not timm.is_model(name):
+        return False
+    if model.pretrained is True:
+        return True
+    return weights_available(name, model.pretrained_file, allow_download=hub_allowed(name))
 
 
 def timm_builder(name: str) -> ModelBuilder:
@@ -96,7 +128,7 @@ def timm_model_info(name: str) -> ModelInfo:
     config = timm.get_pretrained_cfg(name)
     size = config.input_size[-1] if config is not None and config.input_size else 224
     return ModelInfo(min_input_size=MIN_INPUT_SIZE.get(name, DEFAULT_MIN_INPUT_SIZE), default_input_size=size,
-                     family="timm")
+                     family="timm", accepts=TIMM_KEYS)
 
 
 def pretrained_input(config: ExperimentConfig, use_input_size: bool = False) -> ExperimentConfig:
@@ -105,10 +137,10 @@ def pretrained_input(config: ExperimentConfig, use_input_size: bool = False) -> 
     Pretrained weights expect the inputs they were trained on: their mean and std (grey
     images: the average over RGB, matching the summed first conv), and, when
     `use_input_size`, their input size. Configs of models without pretrained weights come
-    back unchanged.
+    back unchanged, and so do those of `model.pretrained = auto` when no weights are found.
     """
     name = config.model.name.removeprefix("timm/")
-    if not config.model.pretrained or config.dataset.modality != "image" or not timm.is_model(name):
+    if config.dataset.modality != "image" or not uses_imagenet_weights(config.model):
         return config
     pretrained = timm.get_pretrained_cfg(name)
     if pretrained is None:
@@ -132,7 +164,8 @@ def _register(name: str) -> None:
     builder: Callable = timm_builder(name)
     builder.__doc__ = f"timm '{name}' with medxp's head."
     register_model(name, min_input_size=MIN_INPUT_SIZE.get(name, DEFAULT_MIN_INPUT_SIZE),
-                   default_input_size=timm.get_pretrained_cfg(name).input_size[-1], family="timm")(builder)
+                   default_input_size=timm.get_pretrained_cfg(name).input_size[-1], family="timm",
+                   accepts=TIMM_KEYS)(builder)
 
 
 for _name in TIMM_BACKBONES:

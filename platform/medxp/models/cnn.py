@@ -2,7 +2,7 @@
 
 Every per-layer setting (`model.channels`, `kernel_size`, `stride`, `padding`,
 `batch_norm`, `dropout`) is a tuple in the config; a single value applies to every
-layer. `channel_order` sorts the widths ascending or descending (the study compared
+layer (an empty `dropout` means 0.1 after every block). `channel_order` sorts the widths ascending or descending (the study compared
 both), and `first_activation: false` leaves the first block without its ReLU.
 `small_cnn` is this family under its old name: with the config defaults it is the
 4-block 16-32-64-128 network the glaucoma project and its search space use.
@@ -17,7 +17,7 @@ from torch import nn
 
 from medxp.config import DatasetSpec, ModelConfig
 from medxp.errors import MedxpError
-from medxp.models.factory import register_model
+from medxp.models.factory import dropout_rates, register_model
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ class ConvLayer:
     activation: bool
 
 
-def broadcast(values: Sequence[T], layers: int, key: str) -> list[T]:
+def broadcast(values: Sequence[T], layers: int, key: str, counted: str = "conv layers (model.channels)") -> list[T]:
     """One value per layer: a single value is repeated; otherwise there must be exactly `layers`.
 
     Raises:
@@ -44,7 +44,7 @@ def broadcast(values: Sequence[T], layers: int, key: str) -> list[T]:
     if len(values) == 1:
         return list(values) * layers
     if len(values) != layers:
-        raise MedxpError(f"'{key}' has {len(values)} values for {layers} conv layers (model.channels); "
+        raise MedxpError(f"'{key}' has {len(values)} values for {layers} {counted}; "
                          f"expected 1 value or {layers}")
     return list(values)
 
@@ -63,7 +63,7 @@ def conv_layers(model: ModelConfig) -> list[ConvLayer]:
             for i, (out, kernel, stride, padding, norm, dropout) in enumerate(zip(
                 channels, kernels, broadcast(model.stride, count, "model.stride"), paddings,
                 broadcast(model.batch_norm, count, "model.batch_norm"),
-                broadcast(model.dropout, count, "model.dropout")))]
+                broadcast(dropout_rates(model), count, "model.dropout")))]
 
 
 def conv_block(in_channels: int, layer: ConvLayer) -> nn.Sequential:
@@ -111,13 +111,18 @@ def _conv_stack(model: ModelConfig, spec: DatasetSpec) -> nn.Module:
     return ConvStackCNN(spec.channels, len(spec.class_names), conv_layers(model), model.head_dropout)
 
 
-@register_model("covid_cnn", default_input_size=128)
+# The `model.*` keys the conv-stack family reads.
+CONV_STACK_KEYS = ("channels", "kernel_size", "stride", "padding", "channel_order", "batch_norm", "dropout",
+                   "first_activation", "head_dropout")
+
+
+@register_model("covid_cnn", default_input_size=128, accepts=CONV_STACK_KEYS, default_dropout=(0.1,))
 def covid_cnn(model: ModelConfig, spec: DatasetSpec) -> nn.Module:
     """The COVID study's configurable conv stack (per-layer settings from `model.*`)."""
     return _conv_stack(model, spec)
 
 
-@register_model("small_cnn", default_input_size=64)
+@register_model("small_cnn", default_input_size=64, accepts=CONV_STACK_KEYS, default_dropout=(0.1,))
 def small_cnn(model: ModelConfig, spec: DatasetSpec) -> nn.Module:
     """The default: the same family; with the config defaults 4 blocks (16-32-64-128) with batch norm."""
     return _conv_stack(model, spec)

@@ -1,7 +1,7 @@
 """The fetal-health study's multilayer perceptron for tabular data.
 
 Hidden layers of `model.hidden_sizes` widths, each Linear -> ReLU -> dropout
-(`model.dropout`, one value or one per hidden layer), then a linear head. Features
+(`model.dropout`, one value or one per hidden layer; empty: 0.1), then a linear head. Features
 arrive standardised by the tabular data source (statistics fitted on the train split),
 so the network has no normalisation of its own. On an image spec it flattens the image,
 which keeps it usable as a baseline there too.
@@ -16,7 +16,7 @@ from torch import nn
 
 from medxp.config import DatasetSpec, ModelConfig
 from medxp.models.cnn import broadcast
-from medxp.models.factory import register_model
+from medxp.models.factory import dropout_rates, register_model
 
 
 class MLP(nn.Module):
@@ -52,9 +52,10 @@ def input_width(spec: DatasetSpec) -> int:
     return prod((spec.channels, spec.image_size, spec.image_size))
 
 
-@register_model("mlp", modalities=("tabular", "image"), default_input_size=0, family="tabular")
+@register_model("mlp", modalities=("tabular", "image"), default_input_size=0, family="tabular",
+                accepts=("hidden_sizes", "dropout"), default_dropout=(0.1,))
 def mlp(model: ModelConfig, spec: DatasetSpec) -> nn.Module:
     """MLP with `model.hidden_sizes` and per-layer `model.dropout`."""
     hidden = list(model.hidden_sizes)
-    dropout = broadcast(model.dropout, len(hidden), "model.dropout") if hidden else []
+    dropout = broadcast(dropout_rates(model), len(hidden), "model.dropout", "hidden layers (model.hidden_sizes)") if hidden else []
     return MLP(input_width(spec), len(spec.class_names), hidden, dropout)

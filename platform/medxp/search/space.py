@@ -9,10 +9,18 @@ A space file maps config keys (short, `lr`, or dotted, `train.momentum`) to a di
 
 `when` makes a parameter conditional on parameters defined above it (a value or a list of
 values each). The epoch budget is not a parameter: it is `search.max_epochs`, ASHA's `max_t`.
+
+A categorical choice may be a list, for keys that take one (layer widths):
+
+    hidden_sizes: {type: categorical, choices: [[64], [128, 64], [256, 128, 64]]}
+
+Optuna takes only plain values, so it records such a choice as its JSON text (`"[128, 64]"`);
+`SearchSpace.config_values` turns the study's parameters back into config values.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,12 +61,20 @@ class Parameter:
         return all(chosen.get(name) in values for name, values in self.when.items())
 
     def suggest(self, trial: Any) -> Any:
-        """Asks an Optuna trial (or Ray's captor of one) for a value."""
+        """Asks an Optuna trial (or Ray's captor of one) for a value; returns it as a config value."""
         if self.type == "categorical":
-            return trial.suggest_categorical(self.name, list(self.choices))
+            return self.config_value(trial.suggest_categorical(self.name, [choice_label(c) for c in self.choices]))
         if self.type == "int":
             return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         return trial.suggest_float(self.name, float(self.low), float(self.high), step=self.step, log=self.log)
+
+    def config_value(self, recorded: Any) -> Any:
+        """The config value of what Optuna recorded (a list choice is recorded as its JSON text)."""
+        if self.type == "categorical":
+            for choice in self.choices:
+                if choice_label(choice) == recorded:
+                    return choice
+        return recorded
 
     def extremes(self) -> tuple[Any, ...]:
         """Values a config must accept: every choice, or both bounds."""
@@ -81,14 +97,54 @@ class SearchSpace:
                 chosen[parameter.name] = parameter.suggest(trial)
         return chosen
 
+    def config_values(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A study trial's `params` as config values (list choices back from their JSON text)."""
+        by_name = {p.name: p for p in self.parameters}
+        return {name: by_name[name].config_value(value) if name in by_name else value
+                for name, value in params.items()}
+
     def check_against(self, config: ExperimentConfig) -> None:
-        """Raises if some choice or bound is a value the config rejects (e.g. an unknown optimizer)."""
+        """Raises before any trial runs if the space cannot be searched with `config`.
+
+        Every choice or bound must be a value the config accepts (e.g. a known optimizer),
+        and every searched `model.*` key must be read by the model it would act on: the
+        config's `model.name`, or, when the space searches `model` itself, each candidate
+        model the parameter's `when` lets it apply to. A key the model ignores would spend
+        trials on a no-op.
+
+        Raises:
+            MedxpError: naming the space file, the parameter, and the value or the model.
+        """
         for parameter in self.parameters:
             for value in parameter.extremes():
                 try:
                     config.replace({parameter.config_key: value}, origin=f"{self.path}: parameter '{parameter.name}'")
                 except MedxpError as error:
                     raise MedxpError(f"{error} (value {value!r} of the search space)") from None
+        self._check_models_read(config)
+
+    def _check_models_read(self, config: ExperimentConfig) -> None:
+        from medxp.models.factory import model_info, models_reading  # torch-heavy; only needed here
+
+        searched_model = next((p for p in self.parameters if p.config_key == "model.name"), None)
+        for parameter in self.parameters:
+            section, _, key = parameter.config_key.partition(".")
+            if section != "model" or key == "name":
+                continue
+            for model in self._models_for(parameter, searched_model, config.model.name):
+                if not model_info(str(model)).reads(key):
+                    raise MedxpError(f"{self.path}: parameter '{parameter.name}' searches model.{key}, which model "
+                                     f"'{model}' does not read: every trial would be a no-op; remove it, or "
+                                     f"limit it with when: {{model: [...]}} to models that read it "
+                                     f"({', '.join(models_reading(key))})")
+
+    @staticmethod
+    def _models_for(parameter: Parameter, searched_model: Parameter | None, config_model: str) -> tuple[Any, ...]:
+        """The models `parameter` can act on: the config's, or the searched ones its `when` allows."""
+        if searched_model is None:
+            return (config_model,)
+        allowed = parameter.when.get(searched_model.name)
+        return tuple(m for m in searched_model.choices if allowed is None or m in allowed)
 
     def to_dict(self) -> dict[str, Any]:
         """The space as plain data (for logging)."""
@@ -162,14 +218,24 @@ def parse_parameter(name: str, spec: Any, earlier: list[Parameter], path: Path) 
     return Parameter(name, config_key, spec["type"], low=low, high=high, step=step, log=log, when=when)
 
 
+def choice_label(choice: Any) -> Any:
+    """What Optuna records for a categorical choice: the value itself, or a list's JSON text."""
+    return json.dumps(choice) if isinstance(choice, list) else choice
+
+
 def _parse_choices(choices: Any, where: str) -> tuple[Any, ...]:
     if not isinstance(choices, list) or not choices:
         raise MedxpError(f"{where}: choices {choices!r}: expected a non-empty list")
-    if len(set(map(repr, choices))) != len(choices):
+    if len(set(map(repr, map(choice_label, choices)))) != len(choices):
         raise MedxpError(f"{where}: choices {choices!r}: expected distinct values")
-    if not all(isinstance(c, (str, int, float, bool)) or c is None for c in choices):
-        raise MedxpError(f"{where}: choices {choices!r}: expected plain values (strings, numbers, booleans)")
+    if not all(_is_plain(c) or (isinstance(c, list) and c and all(map(_is_plain, c))) for c in choices):
+        raise MedxpError(f"{where}: choices {choices!r}: expected plain values (strings, numbers, booleans) "
+                         "or non-empty lists of them")
     return tuple(choices)
+
+
+def _is_plain(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool)) or value is None
 
 
 def _parse_range(spec: Mapping[str, Any], where: str) -> tuple[Any, Any, Any, bool]:
