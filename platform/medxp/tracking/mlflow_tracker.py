@@ -1,4 +1,18 @@
-"""The MLflow tracker: one MLflow run per medxp run, attached to the run `mlflow run` created."""
+"""The MLflow tracker: one MLflow run per medxp run, in the experiment a user looks for.
+
+Where a run lands (`place_run`):
+
+- `mlflow run ... --experiment-name X` (or `MLFLOW_EXPERIMENT_NAME=X`, or `--experiment-id`)
+  opens a run in X before medxp starts and passes it as `MLFLOW_RUN_ID`: medxp attaches to it.
+- `mlflow run` without an experiment opens its run in MLflow's Default experiment (id 0):
+  medxp leaves that run a pointer only (tags `medxp.moved_to`, `medxp.moved_to_experiment`
+  and a note) and starts its own run in experiment `<dataset>`.
+- `medxp <verb>`: experiment `$MLFLOW_EXPERIMENT_NAME` when set, else `<dataset>`.
+- A nested run (cv folds) goes where its parent is.
+
+Every experiment medxp creates or uses is tagged `mlflow.experimentKind=custom_model_development`,
+so the MLflow UI opens it in its model-training view rather than the GenAI one.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +20,7 @@ import contextlib
 import logging
 import os
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -13,7 +28,11 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import torch
+from mlflow.environment_variables import MLFLOW_EXPERIMENT_ID, MLFLOW_EXPERIMENT_NAME, MLFLOW_RUN_ID
 from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from torch import nn
 
 import medxp
@@ -34,16 +53,103 @@ logging.getLogger("mlflow.pytorch").addFilter(_PickleNoticeFilter())
 _MAX_PARAM_LENGTH = 500
 
 
+# The MLflow UI picks its view from this experiment tag; without it, it opens the GenAI view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+MOVED_TO_TAG = "medxp.moved_to"
+MOVED_TO_EXPERIMENT_TAG = "medxp.moved_to_experiment"
+MOVED_FROM_TAG = "medxp.moved_from"
+# Tags `mlflow run` puts on its run that say how the work was launched; they follow the work when it moves.
+_LAUNCH_TAG_PREFIXES = ("mlflow.source.", "mlflow.project.", "mlflow.gitRepoURL", "mlflow.user")
+
+
 def ensure_experiment(name: str) -> str:
-    """Creates the experiment if missing and returns its id (call once, before any parallel work)."""
+    """Creates the experiment if missing, tags its kind, and returns its id (call once, before any parallel work)."""
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return mlflow.create_experiment(name)
-    except mlflow.exceptions.MlflowException:
-        # Another process created it between our look-up and our create.
-        return mlflow.get_experiment_by_name(name).experiment_id
+    if experiment is None:
+        try:
+            return mlflow.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except mlflow.exceptions.MlflowException:
+            # Another process created it between our look-up and our create.
+            experiment = mlflow.get_experiment_by_name(name)
+    tag_experiment_kind(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def tag_experiment_kind(experiment_id: str) -> None:
+    """Tags the experiment `mlflow.experimentKind=custom_model_development` unless it already has a kind."""
+    client = MlflowClient()
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+@dataclass(frozen=True)
+class RunPlacement:
+    """Where `MlflowTracker.start` opens its run.
+
+    Attributes:
+        experiment_id: The experiment of the new run (None when attaching).
+        attach_run_id: The run `mlflow run` opened, to continue (None: start a new run).
+        moved_from: The run `mlflow run` opened in the Default experiment, left a pointer only.
+    """
+
+    experiment_id: str | None
+    attach_run_id: str | None = None
+    moved_from: str | None = None
+
+
+def place_run(experiment: str, nested: bool = False) -> RunPlacement:
+    """Decides where a medxp run goes (see the module docstring); creates and tags its experiment.
+
+    Args:
+        experiment: The experiment used when nothing names one (medxp passes the dataset name).
+        nested: A child of the active run: it goes to the parent's experiment.
+
+    Returns:
+        The placement; when `mlflow run` opened a run in the Default experiment, `MLFLOW_RUN_ID`
+        is removed from the environment (nothing may attach to that run again) and
+        `MLFLOW_EXPERIMENT_ID` names the new experiment, for the processes medxp starts.
+    """
+    active = mlflow.active_run()
+    if nested and active is not None:
+        return RunPlacement(active.info.experiment_id)
+    given_name = MLFLOW_EXPERIMENT_NAME.get()
+    launched_run_id = MLFLOW_RUN_ID.get() if active is None else None
+    if not launched_run_id:
+        return RunPlacement(ensure_experiment(given_name or experiment))
+    launched = MlflowClient().get_run(launched_run_id)
+    launched_experiment = launched.info.experiment_id
+    if launched_experiment != DEFAULT_EXPERIMENT_ID or _names_experiment(given_name, launched_experiment):
+        tag_experiment_kind(launched_experiment)
+        return RunPlacement(None, attach_run_id=launched_run_id)
+    # `mlflow run` without an experiment: the work goes to `experiment`, not to Default.
+    experiment_id = ensure_experiment(experiment)
+    os.environ.pop(MLFLOW_RUN_ID.name, None)
+    os.environ[MLFLOW_EXPERIMENT_ID.name] = experiment_id
+    return RunPlacement(experiment_id, moved_from=launched_run_id)
+
+
+def _names_experiment(name: str | None, experiment_id: str) -> bool:
+    """Whether `$MLFLOW_EXPERIMENT_NAME` explicitly names this experiment (e.g. `Default`)."""
+    return bool(name) and mlflow.get_experiment(experiment_id).name == name
+
+
+def leave_pointer(moved_from: str, run: mlflow.ActiveRun) -> None:
+    """Tells the run `mlflow run` opened in Default where the work went; the new run gets its launch tags."""
+    client = MlflowClient()
+    experiment = client.get_experiment(run.info.experiment_id)
+    launched = client.get_run(moved_from)
+    mlflow.set_tags({MOVED_FROM_TAG: moved_from,
+                     **{key: value for key, value in launched.data.tags.items()
+                        if key.startswith(_LAUNCH_TAG_PREFIXES)}})
+    for key, value in {
+        MOVED_TO_TAG: run.info.run_id,
+        MOVED_TO_EXPERIMENT_TAG: experiment.name,
+        MLFLOW_RUN_NOTE: f"medxp recorded this work in experiment '{experiment.name}' (id "
+                         f"{experiment.experiment_id}), run {run.info.run_id}; this run is only a pointer. "
+                         f"Pass --experiment-name to `mlflow run` to choose the experiment.",
+    }.items():
+        client.set_tag(moved_from, key, value)
 
 
 class MlflowTracker:
@@ -59,18 +165,25 @@ class MlflowTracker:
               tags: Mapping[str, str] | None = None) -> Iterator["MlflowTracker"]:
         """Starts (or, under `mlflow run`, attaches to) a run; a failure ends it FAILED with the error logged.
 
+        Where the run goes is `place_run`'s decision: the run `mlflow run` opened in a named
+        experiment is continued; one it opened in the Default experiment gets a pointer to a
+        new run in `experiment`.
+
         Args:
-            experiment: Experiment name, used when not attached to an existing run.
+            experiment: Experiment name (the dataset), used unless `mlflow run --experiment-name`
+                or `$MLFLOW_EXPERIMENT_NAME` names one.
             run_name: Shown in the MLflow UI.
-            nested: Start a child of the active run.
+            nested: Start a child of the active run (in the parent's experiment).
             tags: Tags set at start.
         """
-        attached = bool(os.environ.get("MLFLOW_RUN_ID")) and not nested and mlflow.active_run() is None
-        experiment_id = None if attached else ensure_experiment(experiment)
-        with mlflow.start_run(experiment_id=experiment_id, run_name=None if attached else run_name,
-                              nested=nested, tags=dict(tags or {})) as run:
+        placement = place_run(experiment, nested=nested)
+        attached = placement.attach_run_id is not None
+        with mlflow.start_run(run_id=placement.attach_run_id, experiment_id=placement.experiment_id,
+                              run_name=None if attached else run_name, nested=nested, tags=dict(tags or {})) as run:
             if attached and run_name:
                 mlflow.set_tag("mlflow.runName", run_name)
+            if placement.moved_from:
+                leave_pointer(placement.moved_from, run)
             tracker = cls(run)
             try:
                 yield tracker

@@ -1,0 +1,101 @@
+"""Every project has a search space of its own that fits its model; list-valued choices (layer widths)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+
+from medxp.config import load_project, project_names
+from medxp.errors import MedxpError
+from medxp.models import create_model
+from medxp.search.space import load_search_space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def model_input(config) -> torch.Tensor:
+    spec = config.dataset
+    if spec.modality == "tabular":
+        return torch.randn(2, len(spec.feature_columns))
+    return torch.randn(2, spec.channels, spec.image_size, spec.image_size)
+
+
+@pytest.mark.parametrize("project", project_names())
+def test_every_project_has_its_own_space_that_fits_its_model(project):
+    config = load_project(project)
+    space = load_search_space(config.search.space or config.dataset.name)
+    assert space.path.name == f"{project}.yaml"
+    space.check_against(config)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(4):  # sampled configs build the project's model and run it on the project's input shape
+        trial = study.ask()
+        sampled = config.replace(space(trial), origin=f"{space.path}: a sample")
+        study.tell(trial, 0.0)
+        model = create_model(sampled.model, sampled.dataset).eval()
+        with torch.no_grad():
+            assert model(model_input(sampled)).shape == (2, len(config.dataset.class_names))
+
+
+def test_fetal_health_space_searches_the_mlp_widths_and_class_weights():
+    config = load_project("fetal_health")
+    space = load_search_space("fetal_health")
+    by_key = {p.config_key: p for p in space.parameters}
+    assert {"model.hidden_sizes", "model.dropout", "train.lr", "train.batch_size", "train.weight_decay",
+            "train.class_weights"} == set(by_key)
+    assert [128, 64] in by_key["model.hidden_sizes"].choices
+    assert set(by_key["train.class_weights"].choices) == {"", "balanced"}
+    space.check_against(config)
+
+
+def test_list_choices_reach_the_config_and_optuna_records_their_json(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("model.hidden_sizes: {type: categorical, choices: [[64], [128, 64]]}\n"
+                    "dropout: {type: float, low: 0.0, high: 0.1, when: {model.hidden_sizes: [[128, 64]]}}\n")
+    space = load_search_space(path)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        values = space(trial)
+        study.tell(trial, 0.0)
+        assert values["model.hidden_sizes"] in ([64], [128, 64])
+        assert ("dropout" in values) == (values["model.hidden_sizes"] == [128, 64])
+        assert trial.params["model.hidden_sizes"] in ("[64]", "[128, 64]")  # what the study stores
+        assert space.config_values(trial.params) == values
+        config = load_project("fetal_health").replace(values)
+        assert config.model.hidden_sizes == tuple(values["model.hidden_sizes"])
+        seen.add(trial.params["model.hidden_sizes"])
+    assert seen == {"[64]", "[128, 64]"}
+
+
+@pytest.mark.parametrize("choices, expected", [
+    ("[[64], [64]]", "distinct"),
+    ("[[64], '[64]']", "distinct"),
+    ("[[], [64]]", "non-empty lists"),
+    ("[[[64]], [32]]", "non-empty lists"),
+])
+def test_bad_list_choices_are_errors_naming_file_and_key(tmp_path, choices, expected):
+    path = tmp_path / "space.yaml"
+    path.write_text(f"model.hidden_sizes: {{type: categorical, choices: {choices}}}\n")
+    with pytest.raises(MedxpError) as error:
+        load_search_space(path)
+    message = str(error.value)
+    assert str(path) in message and "'model.hidden_sizes'" in message and expected in message
+
+
+def test_the_best_trial_of_a_list_choice_becomes_the_best_config():
+    from medxp.search.runner import _result, trial_base_config
+
+    config = load_project("fetal_health", {"data.data_dir": "/nowhere"})
+    space = load_search_space("fetal_health")
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for value, widths in ((0.6, "[64]"), (0.9, "[128, 64]")):
+        study.enqueue_trial({"model.hidden_sizes": widths})
+        trial = study.ask()
+        space(trial)
+        study.tell(trial, value)
+    assert study.best_trial.params["model.hidden_sizes"] == "[128, 64]"  # the study holds the JSON text
+    result = _result(study, space, config, trial_base_config(config), "memory", "run-id", 2, 1.0)
+    assert result.best_params["model.hidden_sizes"] == [128, 64]
+    assert result.best_config.model.hidden_sizes == (128, 64)
