@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import types
 
 import mlflow
@@ -23,6 +24,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import TrialState
 
 from medxp.config import load_project
+from medxp.errors import MedxpError
 from medxp.search.runner import run_search, start_ray
 
 pytestmark = pytest.mark.slow
@@ -88,6 +90,10 @@ def trials_with_lr(study, lr: float):
 def test_first_search_completes_its_trials(searched):
     assert searched.first.state_counts == {"complete": 2}
     assert searched.first.best_params == {"lr": GOOD_LR}
+
+
+def test_the_parent_run_of_generated_data_is_tagged_synthetic(searched):
+    assert searched.client.get_run(searched.first.parent_run_id).data.tags["data.synthetic"] == "true"
 
 
 def test_parent_has_one_nested_child_run_per_trial(searched):
@@ -167,3 +173,67 @@ def test_a_space_with_nothing_new_left_trains_each_point_once_and_ends(tmp_path,
     assert result.epochs_total == 1 and len(children) == 1 and result.trials_trained == 1
     assert result.best_trial_number == 0 and result.best_run_id == children[0].info.run_id
     assert rows[0]["duplicate_of"] == "" and all(row["duplicate_of"] == "0" for row in rows[1:])
+
+
+def leaking_data(tmp_path):
+    """The demo data the tiny config reads, with one train image of Fold0 copied into its test split."""
+    import shutil
+
+    from medxp.data.synthetic import generate_fundus_demo
+
+    fold = generate_fundus_demo(tmp_path / "data", images_per_class=64, folds=3, image_size=48) / "Fold0"
+    shutil.copy(sorted((fold / "train" / "normal").iterdir())[0], fold / "test" / "normal" / "leaked_copy.jpg")
+
+
+@pytest.fixture
+def counted_audits(monkeypatch):
+    """The driver's calls of the data audit (trials run in Ray workers, which this patch does not reach)."""
+    import medxp.data.datamodule as datamodule
+
+    calls, audit_source = [], datamodule.audit_source
+    monkeypatch.setattr(datamodule, "audit_source", lambda *args: calls.append(args) or audit_source(*args))
+    return calls
+
+
+def test_a_leak_with_on_leak_fail_refuses_the_search_before_any_trial(tmp_path, monkeypatch, counted_audits):
+    import medxp.search.runner as runner
+
+    (tmp_path / "space.yaml").write_text("lr: {type: categorical, choices: [0.03]}\n")
+    leaking_data(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(runner, "_run_tune", lambda *args: pytest.fail("the search started its trials"))
+    try:
+        with pytest.raises(MedxpError, match="leaked_copy.jpg.*audit.on_leak=fail"):
+            run_search(tiny_config(tmp_path, 2, **{"audit.on_leak": "fail"}), search_name="refused")
+        [parent] = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert len(counted_audits) == 1
+    assert parent.info.status == "FAILED"  # the only run: no trial ran
+    assert parent.data.metrics["audit_leaking_pairs"] >= 1 and parent.data.tags["data.synthetic"] == "true"
+    storage = tmp_path / "optuna.db"
+    assert not storage.exists() or not optuna.get_all_study_names(f"sqlite:///{storage}")  # no study opened
+
+
+def test_a_search_audits_once_on_the_driver_and_every_trial_applies_that_audit(tmp_path, monkeypatch,
+                                                                                 counted_audits):
+    (tmp_path / "space.yaml").write_text("lr: {type: categorical, choices: [0.03]}\n")
+    leaking_data(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    settings = {"audit.on_leak": "warn", "epochs": 1, "search.max_epochs": 1}
+    try:
+        result = run_search(tiny_config(tmp_path, 2, **settings), search_name="audited-once")
+        client = MlflowClient()
+        experiment_id = client.get_run(result.parent_run_id).info.experiment_id
+        children = client.search_runs([experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{result.parent_run_id}'")
+        reports = [json.load(open(client.download_artifacts(run_id, "audit/report.json")))
+                   for run_id in [result.parent_run_id, *(run.info.run_id for run in children)]]
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert result.state_counts == {"complete": 2} and len(children) == 2
+    assert len(counted_audits) == 1  # the driver's one audit, for two trials
+    # Each trial logged the driver's report (its timing too), not an audit of its own.
+    assert reports[0]["seconds"] > 0 and all(report == reports[0] for report in reports[1:])
+    assert all(run.data.metrics["audit_leaking_pairs"] >= 1 for run in children)

@@ -196,3 +196,43 @@ def test_one_fold_of_the_demo_data_has_no_leakage(demo_root):
     assert not (names["train"] & names["valid"] or names["train"] & names["test"] or names["valid"] & names["test"])
     report = audit_files(files, CLASSES, dataset="demo")
     assert report.leaking_pairs == [] and report.unreadable == []
+
+
+def leaking_copy_of(demo_root, tmp_path):
+    """The demo data with one train image of Fold0 copied into its test split."""
+    root = tmp_path / "glaucoma"
+    shutil.copytree(demo_root, root, symlinks=False)
+    fold = root / "Fold0"
+    shutil.copy(sorted((fold / "train" / "normal").iterdir())[0], fold / "test" / "normal" / "leaked_copy.jpg")
+    return root
+
+
+def test_a_prior_audit_is_applied_without_scanning_the_data_again(tmp_path, demo_root, monkeypatch):
+    import medxp.data.datamodule as datamodule
+
+    config = load_project("glaucoma", {"data.data_dir": str(leaking_copy_of(demo_root, tmp_path)),
+                                       "dataset.image_size": 32, "data.cache": False, "audit.on_leak": "drop"})
+    assert datamodule.prior_audit(config.replace({"audit.on_leak": "off"})) is None
+    prior = datamodule.prior_audit(config)
+    scans = []
+    real_audit_source = datamodule.audit_source
+    monkeypatch.setattr(datamodule, "audit_source", lambda *args: scans.append(args) or real_audit_source(*args))
+    dropped = create_datamodule(config, prior)
+    assert not scans and dropped.audit is prior.report
+    assert all(path.name != "leaked_copy.jpg" for path, _ in dropped.files["test"])
+    other_fold = config.replace({"data.fold": 1})
+    create_datamodule(other_fold, prior)  # another fold's splits: the prior audit does not cover them
+    assert len(scans) == 1
+
+
+def test_the_audit_run_of_generated_data_is_tagged_synthetic(tmp_path, demo_root, mlflow_store, capsys):
+    import mlflow
+
+    from medxp.cli import main
+
+    code = main(["audit", "--dataset", "glaucoma", "--set", f"data_dir={demo_root}", "--set", "dataset.image_size=32",
+                 "--output", str(tmp_path / "report")])
+    assert code == 0
+    [run] = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`medxp.kind` = 'audit'",
+                               output_format="list")
+    assert run.data.tags["data.synthetic"] == "true"

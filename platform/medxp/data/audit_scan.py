@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from medxp.console import progress_bars_wanted
 from medxp.errors import MedxpError
 
 # The pHash is HASH_SIZE x HASH_SIZE bits.
@@ -183,7 +184,7 @@ def _run_parallel(work: Callable, jobs: list, workers: int, desc: str) -> list[I
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(work, jobs)
-        return list(tqdm(results, total=len(jobs), desc=desc, leave=False, disable=len(jobs) < PROGRESS_THRESHOLD))
+        return list(tqdm(results, total=len(jobs), desc=desc, leave=False, disable=len(jobs) < PROGRESS_THRESHOLD or not progress_bars_wanted()))
 
 
 def _stretch_to_8_bits(image: Image.Image) -> Image.Image:

@@ -2,6 +2,9 @@
 
 The source named by `dataset.layout` (medxp.data.sources) says which image goes to which
 split; the decoded-image cache (medxp.data.cache) decodes each split once per machine.
+With `audit.on_leak` set the splits are audited first (medxp.data.audit); a search audits
+once on its driver (`prior_audit`) and hands that audit to every trial, which applies the
+policy to it instead of scanning the whole data set again.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from medxp.data import medmnist  # noqa: F401  (registers the medmnist source)
 from medxp.data.cache import split_images
 from medxp.data.folds import LabelledFiles
 from medxp.data.sources import ARRAY_SOURCES, LAYOUTS, read_source
+from medxp.data import synthetic_tabular
 from medxp.data.synthetic import generate_fundus_demo, is_generated
 from medxp.data.transforms import create_transforms
 from medxp.errors import MedxpError
@@ -27,8 +31,8 @@ from medxp.registry import Registry
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ARRAY_SOURCES", "LAYOUTS", "DEMO_GENERATORS", "ArrayDataset", "DataModule", "create_datamodule",
-           "ensure_data"]
+__all__ = ["ARRAY_SOURCES", "LAYOUTS", "DEMO_GENERATORS", "ArrayDataset", "DataModule", "PriorAudit",
+           "create_datamodule", "ensure_data", "prior_audit"]
 
 DEMO_GENERATORS: Registry[Callable[[Path, ExperimentConfig], Path]] = Registry("demo data generator")
 
@@ -37,6 +41,13 @@ DEMO_GENERATORS: Registry[Callable[[Path, ExperimentConfig], Path]] = Registry("
 def _fundus(root: Path, config: ExperimentConfig) -> Path:
     return generate_fundus_demo(root, images_per_class=config.data.demo_images_per_class,
                                 folds=config.data.demo_folds, image_size=config.data.demo_image_size)
+
+
+@DEMO_GENERATORS.register("ctg")
+def _ctg(root: Path, config: ExperimentConfig) -> Path:
+    # A fixed row count (the real file's 2,126 exams): data.demo_images_per_class is about images.
+    synthetic_tabular.check_spec(config.dataset, config.source)
+    return synthetic_tabular.generate_ctg_demo(root)
 
 
 class ArrayDataset(Dataset):
@@ -85,8 +96,46 @@ class DataModule:
         return {name: int(n) for name, n in zip(self.class_names, counts)}
 
 
-def create_datamodule(config: ExperimentConfig) -> DataModule:
-    """Finds (or, for the demo, generates) the data, reads its source, loads every split's pixels once."""
+@dataclass(frozen=True)
+class PriorAudit:
+    """An audit made once, before the runs that read the same splits (a search's trials).
+
+    `key` names what was audited (data fingerprint, split hash, near-duplicate distance); a run
+    whose source has another key audits its own data instead.
+    """
+
+    report: object  # the medxp.data.audit.AuditReport
+    key: str
+
+    def covers(self, source, config: ExperimentConfig) -> bool:
+        """Whether this audit is of exactly `source`'s splits, with `config`'s audit settings."""
+        return self.key == _audit_key(source, config)
+
+
+def prior_audit(config: ExperimentConfig) -> PriorAudit | None:
+    """The audit `create_datamodule(config)` would make, made now to hand to many runs; None if `audit.on_leak` is off.
+
+    The policy is not applied here: the caller applies `leak_policy` once (a `fail` refuses
+    before any run starts), and each run applies it again to this report (`drop`, `warn`).
+    """
+    if config.audit.on_leak == "off" or config.dataset.modality == "tabular":
+        return None  # create_datamodule does not audit these either
+    source = read_source(ensure_data(config), config)
+    return PriorAudit(audit_source(source, config), _audit_key(source, config))
+
+
+def _audit_key(source, config: ExperimentConfig) -> str:
+    return f"{source.fingerprint}/{source.split_hash}/{config.audit.near_duplicate_distance}"
+
+
+def create_datamodule(config: ExperimentConfig, prior: PriorAudit | None = None) -> DataModule:
+    """Finds (or, for the demo, generates) the data, reads its source, loads every split's pixels once.
+
+    Args:
+        config: The resolved config.
+        prior: An audit already made of these splits (`prior_audit`, on a search's driver): with
+            `audit.on_leak` set, its report is used instead of auditing again.
+    """
     if config.dataset.modality == "tabular":
         from medxp.data.tabular import create_tabular_datamodule  # imports this module
 
@@ -98,7 +147,7 @@ def create_datamodule(config: ExperimentConfig) -> DataModule:
     if config.audit.on_leak != "off":
         from medxp.data.audit import leak_policy, without_rows
 
-        report = audit_source(source, config)
+        report = _report_for(source, config, prior)
         dropped = leak_policy(report, config.audit.on_leak, config.audit.fail_on_unreadable)
     datasets, files = {}, {}
     for split, part in source.splits.items():
@@ -114,6 +163,15 @@ def create_datamodule(config: ExperimentConfig) -> DataModule:
     if module.synthetic:
         log.warning("DEMO DATA: %s is GENERATED synthetic data, not real patients", root)
     return module
+
+
+def _report_for(source, config: ExperimentConfig, prior: PriorAudit | None):
+    """The prior audit's report when it covers `source`, else a new audit of `source`."""
+    if prior is not None and prior.covers(source, config):
+        return prior.report
+    if prior is not None:
+        log.info("the audit handed to this run is of other splits; auditing this run's data")
+    return audit_source(source, config)
 
 
 def audit_data(config: ExperimentConfig):
@@ -142,7 +200,7 @@ def ensure_data(config: ExperimentConfig) -> Path:
             raise MedxpError(f"{root}: data folder not found, and dataset '{config.dataset.name}' has no demo "
                              f"data generator; put the data there or pass data_dir=")
         return DEMO_GENERATORS.get(generator)(root, config)
-    if root.is_file() and config.dataset.layout in ARRAY_SOURCES:
+    if root.is_file() and (config.dataset.layout in ARRAY_SOURCES or config.dataset.modality == "tabular"):
         return root
     if not root.is_dir():
         raise MedxpError(f"{root}: data folder not found (data.demo={demo}); expected the "

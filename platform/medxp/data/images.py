@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from medxp.console import progress_bars_wanted
 from medxp.errors import MedxpError
 
 
@@ -54,7 +55,7 @@ def decode_images(paths: Sequence[Path], image_size: int, channels: int, desc: s
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         for _ in tqdm(pool.map(work, range(len(paths))), total=len(paths), desc=desc, leave=False,
-                      disable=len(paths) < 500):
+                      disable=len(paths) < 500 or not progress_bars_wanted()):
             pass
     return out
 

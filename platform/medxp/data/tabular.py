@@ -4,7 +4,9 @@ Used when `dataset.modality` is `tabular` (layout `csv`), e.g. the fetal-health 
 The CSV is read as published: `dataset.feature_columns` must all be numeric, the
 target column (`dataset.target_column`) holds either the class names or the numbers in
 `dataset.class_values` (fetal_health: 1, 2, 3). Rows are split stratified by label in
-`data.split_fractions` (train, valid, test) with `data.split_seed`.
+`data.split_fractions` (train, valid, test) with `data.split_seed`. Without the CSV,
+`dataset.demo` (fetal_health: `ctg`, medxp.data.synthetic_tabular) generates demo data
+the usual way (medxp.data.datamodule.ensure_data), and the data module says it is synthetic.
 
 The datasets hold the raw float32 features (N, F); standardisation (mean and std fitted
 on the train split only) is their transform, the way images keep uint8 pixels and
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medxp.config import DatasetSpec, ExperimentConfig, resolve_data_dir
-from medxp.data.datamodule import ArrayDataset, DataModule
+from medxp.config import DatasetSpec, ExperimentConfig
+from medxp.data.datamodule import ArrayDataset, DataModule, ensure_data
 from medxp.data.splits import split_hash, split_three
+from medxp.data.synthetic import is_generated
 from medxp.errors import MedxpError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,7 +73,7 @@ class TabularDataModule(DataModule):
 
 
 def find_csv(root: Path, spec: DatasetSpec) -> Path:
-    """`root` itself when it is a file, else `<source_id or name>.csv` (or the only CSV) inside it.
+    """`root` itself when it is a file, else `<dataset name>.csv` (or the only CSV) inside it.
 
     Raises:
         MedxpError: no such file or folder, or no single CSV to choose.
@@ -77,7 +83,7 @@ def find_csv(root: Path, spec: DatasetSpec) -> Path:
     if not root.is_dir():
         raise MedxpError(f"{root}: CSV file or folder not found; expected the CSV of dataset '{spec.name}' "
                          f"(see projects/{spec.name}/README.md) or data_dir= pointing at it")
-    named = root / f"{spec.source_id or spec.name}.csv"
+    named = root / f"{spec.name}.csv"  # not source_id: that is the Kaggle slug `medxp download` fetches
     if named.is_file():
         return named
     found = sorted(root.glob("*.csv"))
@@ -116,14 +122,16 @@ def read_table(path: Path, spec: DatasetSpec) -> Table:
 def create_tabular_datamodule(config: ExperimentConfig) -> TabularDataModule:
     """Reads the CSV, splits it stratified, and standardises with train-split statistics."""
     spec = config.dataset
-    table = read_table(find_csv(resolve_data_dir(config), spec), spec)
+    table = read_table(find_csv(ensure_data(config), spec), spec)  # ensure_data: the demo, where wanted
     indices = split_three(table.labels, config.data.split_fractions, config.data.split_seed, what=str(table.path))
     standardize = Standardize.fit(table.features[indices["train"]])
     datasets = {split: ArrayDataset(table.features[rows], table.labels[rows], standardize)
                 for split, rows in indices.items()}
+    if is_generated(table.path.parent):
+        log.warning("DEMO DATA: %s is GENERATED synthetic data, not real patients", table.path)
     return TabularDataModule(
         class_names=spec.class_names, datasets=datasets, root=table.path, fingerprint=file_fingerprint(table.path),
-        synthetic=False, num_workers=config.data.num_workers,
+        synthetic=is_generated(table.path.parent), num_workers=config.data.num_workers,
         split_hash=split_hash({split: [f"row{i}" for i in rows] for split, rows in indices.items()}),
         feature_columns=spec.feature_columns, feature_mean=tuple(standardize.mean.tolist()),
         feature_std=tuple(standardize.std.tolist()),

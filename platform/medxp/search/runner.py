@@ -1,9 +1,12 @@
 """`run_search(config)`: Ray Tune runs the trials, Optuna proposes them, ASHA stops the weak ones.
 
-The driver does everything that must happen once: it makes sure the data exists, creates
-the MLflow experiment and the parent run (trials never create either, so they cannot race
-on SQLite), opens the persistent Optuna study (resuming it by name) and, at the end, closes
-any child run a stopped trial left open and logs the trials table and Optuna's plots.
+The driver does everything that must happen once: it makes sure the data exists, audits it
+when `audit.on_leak` asks (`fail` refuses before any trial; every trial applies `drop` or
+`warn` to the driver's audit instead of scanning the data again), creates the MLflow
+experiment and the parent run (trials never create either, so they cannot race on SQLite),
+opens the persistent Optuna study (resuming it by name), shows the search's progress
+(medxp.search.progress) and, at the end, closes any child run a stopped trial left open and
+logs the trials table and Optuna's plots.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from medxp.config import ExperimentConfig, resolve_data_dir
-from medxp.data.datamodule import ensure_data
+from medxp.data.audit import leak_policy, log_audit
+from medxp.data.datamodule import PriorAudit, ensure_data, prior_audit
+from medxp.data.synthetic import is_generated
 from medxp.errors import MedxpError
+from medxp.search.progress import SearchProgress
 from medxp.search.report import log_search_report
 from medxp.search.space import SearchSpace, load_search_space
 from medxp.search.study import (
@@ -86,31 +92,35 @@ def run_search(config: ExperimentConfig, *, search_name: str | None = None, pare
         and the count of trials per state.
 
     Raises:
-        MedxpError: a bad space file or setting (named in the message).
+        MedxpError: a bad space file or setting (named in the message), or leakage in the data with
+            `audit.on_leak=fail` (before any trial; the parent run keeps the audit).
     """
     started = time.monotonic()
     space = load_search_space(config.search.space or config.dataset.name)
     space.check_against(config)
     epoch_metric = _epoch_metric(config)
-    ensure_data(config)  # once, here: trials must never generate the demo data concurrently
+    root = ensure_data(config)  # once, here: trials must never generate the demo data concurrently
     base = trial_base_config(config)
     if config.search.grace_period > base.train.epochs:
         raise MedxpError(f"{config.source}: 'search.grace_period' = {config.search.grace_period}: expected at most "
                          f"the {base.train.epochs} epochs a trial may train (search.max_epochs, or train.epochs)")
+    audit = prior_audit(base)  # once, here: trials apply its policy instead of scanning all the data again
     name = search_name or config.search.name or _default_name(config, space)
     tracking_uri = absolute_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     storage = config.search.storage or default_storage(tracking_uri)
-    study = open_study(name, storage, config.search)
-    new_trials = max(config.search.n_trials - finished_count(study), 0)
-    log.info("search %s: %d new trial(s) (study in %s)", name, new_trials, storage)
     with _parent_run(config, name, parent_tracker) as parent:
+        _log_search_data(parent, config, root, audit)  # leakage with audit.on_leak=fail stops here
+        study = open_study(name, storage, config.search)
+        new_trials = max(config.search.n_trials - finished_count(study), 0)
+        log.info("search %s: %d new trial(s) (study in %s)", name, new_trials, storage)
         _log_search_setup(parent, config, space, name, storage, new_trials)
         if new_trials:
             context = TrialContext(tracking_uri, parent.run.info.experiment_id, parent.run_id, name, epoch_metric)
-            _run_tune(study, space, base, context, new_trials, search_home(tracking_uri))
+            _run_tune(study, space, base, context, new_trials, search_home(tracking_uri), audit)
         close_leftover_runs(study, parent.run.info.experiment_id)
-        result = _result(study, config, base, storage, parent.run_id, new_trials, time.monotonic() - started)
+        result = _result(study, space, config, base, storage, parent.run_id, new_trials,
+                         time.monotonic() - started)
         log_search_report(parent, study, result)
     return result
 
@@ -155,6 +165,18 @@ def _parent_run(config: ExperimentConfig, name: str, parent_tracker: Any) -> Any
                                tags={"medxp.study": name, "medxp.kind": "search"})
 
 
+def _log_search_data(parent: MlflowTracker, config: ExperimentConfig, root: Path, audit: PriorAudit | None) -> None:
+    """Tags whether the data is generated; logs the driver's audit and applies `audit.on_leak` to it.
+
+    Raises:
+        MedxpError: leakage with `audit.on_leak=fail` (or unreadable images with `audit.fail_on_unreadable`).
+    """
+    parent.set_tags({"data.synthetic": str(is_generated(root)).lower(), "data.dir": str(root)})
+    if audit is not None:
+        log_audit(audit.report, parent)
+        leak_policy(audit.report, config.audit.on_leak, config.audit.fail_on_unreadable)
+
+
 def _log_search_setup(parent: MlflowTracker, config: ExperimentConfig, space: SearchSpace, name: str,
                       storage: str, new_trials: int) -> None:
     settings = config.search
@@ -176,8 +198,8 @@ def _log_search_setup(parent: MlflowTracker, config: ExperimentConfig, space: Se
 
 
 def _run_tune(study: optuna.Study, space: SearchSpace, base: ExperimentConfig, context: TrialContext,
-              new_trials: int, home: Path) -> None:
-    """Runs `new_trials` trials through Ray Tune with the study's sampler and ASHA."""
+              new_trials: int, home: Path, audit: PriorAudit | None = None) -> None:
+    """Runs `new_trials` trials through Ray Tune with the study's sampler and ASHA; `audit` goes to every trial."""
     from ray import tune
 
     settings = base.search
@@ -186,10 +208,16 @@ def _run_tune(study: optuna.Study, space: SearchSpace, base: ExperimentConfig, c
         scheduler = PruningScheduler(base.train.epochs, settings.grace_period, settings.reduction_factor,
                                      settings.revisit_rungs)
         scheduler.seed_rungs(study)
-        closer = TrialRunCloser(context.tracking_uri)
-        searcher = StudySearcher(space, study, scheduler, on_outcome=closer,
+        closer, progress = TrialRunCloser(context.tracking_uri), SearchProgress(new_trials, context.study_name)
+
+        def on_outcome(outcome: TrialOutcome) -> None:
+            closer(outcome)
+            progress(outcome)
+
+        searcher = StudySearcher(space, study, scheduler, on_outcome=on_outcome,
                                  rerun_duplicates=settings.rerun_duplicates)
-        trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, context=context),
+        trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, context=context,
+                                                             prior_audit=audit),
                                         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
         tuner = tune.Tuner(
             trainable,
@@ -200,7 +228,8 @@ def _run_tune(study: optuna.Study, space: SearchSpace, base: ExperimentConfig, c
                                       storage_path=str(home / "ray_results"), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
-        tuner.fit()
+        with progress:
+            tuner.fit()
     finally:
         if started_ray:
             import ray
@@ -254,7 +283,7 @@ def _study_runs(client: MlflowClient, experiment_id: str, study_name: str, extra
     yield from client.search_runs([experiment_id], f"{query} and {extra}" if extra else query, max_results=5000)
 
 
-def _result(study: optuna.Study, config: ExperimentConfig, base: ExperimentConfig, storage: str,
+def _result(study: optuna.Study, space: SearchSpace, config: ExperimentConfig, base: ExperimentConfig, storage: str,
             parent_run_id: str, new_trials: int, wall_time_s: float) -> SearchResult:
     """The search's outcome; the best config is the project's config with the best trial's epochs and params."""
     trials = study.get_trials(deepcopy=False)
@@ -269,8 +298,9 @@ def _result(study: optuna.Study, config: ExperimentConfig, base: ExperimentConfi
         best = study.best_trial
         if DUPLICATE_OF in best.user_attrs:  # report the trial that trained the model, not its twin
             best = trials[best.user_attrs[DUPLICATE_OF]]
-        result.best_trial_number, result.best_params, result.best_value = best.number, dict(best.params), best.value
-        result.best_config = config.replace({"train.epochs": base.train.epochs, **best.params},
+        params = space.config_values(best.params)  # Optuna records a list choice as its JSON text
+        result.best_trial_number, result.best_params, result.best_value = best.number, params, best.value
+        result.best_config = config.replace({"train.epochs": base.train.epochs, **params},
                                             origin=f"study {study.study_name} trial {best.number}")
         result.best_run_id = best.user_attrs.get("mlflow_run_id")
         result.best_model_uri = best.user_attrs.get("model_uri") or None

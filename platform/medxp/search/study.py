@@ -55,13 +55,14 @@ FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 
 @dataclass(frozen=True)
 class TrialOutcome:
-    """How a trial ended, as the driver saw it: what the MLflow child run must say."""
+    """How a trial ended, as the driver saw it: what the MLflow child run must say, and its value if COMPLETE."""
 
     number: int
     state: TrialState
     run_id: str | None
     epochs: int
     reason: str = ""
+    value: float | None = None
 
 
 class PruningScheduler(AsyncHyperBandScheduler):
@@ -128,7 +129,7 @@ class StudySearcher(OptunaSearch):
         space: The define-by-run function (a `SearchSpace`).
         study: The persistent study trials are asked from and told to.
         scheduler: The scheduler whose stops count as pruning.
-        on_outcome: Called on the driver with each trial's outcome (closes its MLflow run).
+        on_outcome: Called on the driver with each trial's outcome (closes its MLflow run, shows progress).
         rerun_duplicates: Train a proposal again even when a finished trial had the same parameters.
     """
 
@@ -229,9 +230,10 @@ class StudySearcher(OptunaSearch):
         self._ot_study.tell(ot_trial, value, state=state)
         self._completed_trials.add(trial_id)
         self._settle_waiting_twins(ot_trial.number)
-        log.info("trial %d %s after %s epoch(s)%s", ot_trial.number, state.name.lower(), result.get(EPOCH, 0),
-                 f": {OBJECTIVE} {value:.4f}" if value is not None else (f" ({reason})" if reason else ""))
-        self._on_outcome(TrialOutcome(ot_trial.number, state, result.get(RUN_ID), int(result.get(EPOCH) or 0), reason))
+        log.debug("trial %d %s after %s epoch(s)%s", ot_trial.number, state.name.lower(), result.get(EPOCH, 0),
+                  f": {OBJECTIVE} {value:.4f}" if value is not None else (f" ({reason})" if reason else ""))
+        self._on_outcome(TrialOutcome(ot_trial.number, state, result.get(RUN_ID), int(result.get(EPOCH) or 0), reason,
+                                      value))
 
     def _judge(self, trial_id: str, result: dict, error: bool) -> tuple[TrialState, float | None, str]:
         """(state, value, reason) of a trial Tune says has ended."""

@@ -22,6 +22,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
 
 from medxp.config import ExperimentConfig
+from medxp.data.datamodule import PriorAudit
 from medxp.search.study import EPOCH, EPOCH_OBJECTIVE, FINISHED, MODEL_URI, OBJECTIVE, PARAMS, RUN_ID, TRIAL_NUMBER
 from medxp.tracking.mlflow_tracker import MlflowTracker
 
@@ -59,8 +60,13 @@ class TuneReporter:
         tune.report({OBJECTIVE: float(metrics[self.epoch_metric]), EPOCH: epoch, RUN_ID: self.run_id})
 
 
-def run_trial(tune_config: dict, *, base: ExperimentConfig, context: TrialContext) -> None:
-    """Tune's function trainable: trains `base` with the sampled parameters in a child MLflow run."""
+def run_trial(tune_config: dict, *, base: ExperimentConfig, context: TrialContext,
+              prior_audit: PriorAudit | None = None) -> None:
+    """Tune's function trainable: trains `base` with the sampled parameters in a child MLflow run.
+
+    `prior_audit` is the driver's audit of the data (`audit.on_leak` set): the trial applies the
+    policy to it (drops the same held-out copies, logs the same report) without scanning again.
+    """
     from medxp.pipeline import run_experiment
 
     os.environ.pop("MLFLOW_RUN_ID", None)  # inherited from `mlflow run`: it would attach us to the parent
@@ -69,7 +75,7 @@ def run_trial(tune_config: dict, *, base: ExperimentConfig, context: TrialContex
     with trial_run(context, number, params) as tracker:
         config = base.replace(params, origin=f"search trial {number}")
         result = run_experiment(config, tracker, callbacks=[TuneReporter(context.epoch_metric, tracker.run_id)],
-                                log_model=True, progress=False)
+                                log_model=True, progress=False, prior_audit=prior_audit)
     history = result.fit.history
     tune.report({OBJECTIVE: float(result.objective), EPOCH: len(history), FINISHED: True, RUN_ID: tracker.run_id,
                  MODEL_URI: result.model_uri or "",

@@ -1,6 +1,7 @@
 """Staged fine-tuning as one run: head only, then the last N backbone layers, then everything.
 
-Each stage starts from the previous stage's best weights (the trainer restores them), has
+Each stage starts from the weights the previous stage handed back (its best epoch's, which
+the trainer restores, or with `train.restore_best: false` its last epoch's), has
 its own learning rate and epoch budget, and continues the run's epoch numbering so the
 curves in MLflow read as one training.
 """
@@ -45,6 +46,6 @@ def fit_in_stages(model: nn.Module, data: DataModule, config: ExperimentConfig, 
         result = trainer.fit(model, data)
         combined.history.extend(result.history)
         combined.best_epoch, combined.best_value = result.best_epoch, result.best_value
-        combined.stopped_early = result.stopped_early
+        combined.stopped_early, combined.restored_epoch = result.stopped_early, result.restored_epoch
         offset += len(result.history)
     return combined, trainer

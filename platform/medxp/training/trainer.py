@@ -1,4 +1,9 @@
-"""The trainer: epochs, validation, callbacks (early stopping, tracking, reporting), progress."""
+"""The trainer: epochs, validation, callbacks (early stopping, tracking, reporting), progress.
+
+Progress: in a terminal (or a notebook) a bar per epoch; elsewhere (`mlflow run` from a
+script, CI, a log file) no bars, only the `epoch N: ...` log line each epoch, because a bar
+redrawn with carriage returns per batch fills a log file with megabytes of them.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from tqdm.auto import tqdm
 
 from medxp.config import TrainConfig
 from medxp.data import DataModule
+from medxp.console import progress_bars_wanted
 from medxp.errors import MedxpError
 from medxp.training.loop import predict, train_one_epoch
 from medxp.training.metrics import classification_metrics
@@ -32,11 +38,12 @@ class Callback(Protocol):
 
 
 class EarlyStopping:
-    """Stops after `patience` epochs without improvement of `monitor`; keeps the best weights.
+    """Stops after `patience` epochs without improvement of `monitor`; remembers the best weights.
 
     The classic algorithm: remember the parameters at the best validation score, stop
     once `patience` further evaluations have not beaten it, and hand back the best
-    parameters. `patience=0` never stops early but still keeps the best weights.
+    parameters (the trainer restores them unless `train.restore_best` is false).
+    `patience=0` never stops early but still tracks the best epoch.
     """
 
     def __init__(self, monitor: str, patience: int, min_delta: float = 0.0) -> None:
@@ -68,12 +75,18 @@ class EarlyStopping:
 
 @dataclass
 class FitResult:
-    """What `Trainer.fit` hands back: per-epoch history and where the best epoch was."""
+    """What `Trainer.fit` hands back: per-epoch history, where the best epoch was, whose weights the model holds.
+
+    `best_epoch` is the epoch with the best `train.monitor` value; `restored_epoch` is the epoch
+    whose weights the model holds after the fit: `best_epoch` with `train.restore_best`, else
+    the last epoch trained.
+    """
 
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     best_value: float | None = None
     stopped_early: bool = False
+    restored_epoch: int = 0
 
 
 def seed_everything(seed: int) -> None:
@@ -99,7 +112,8 @@ class Trainer:
         config: Optimiser, schedule, loss, batch size, epochs, early stopping, checkpoints.
         callbacks: Extra callbacks (tracking, search reporting) run after early stopping.
         channels_last: Feed batches in channels-last memory format (faster for CNNs on CPU).
-        progress: Show a progress bar per epoch.
+        progress: Show a progress bar per epoch where it helps (a terminal or a notebook; see
+            `progress_bars_wanted`); elsewhere each epoch is one log line.
         sampler: `none`, or `oversample` (every class drawn equally often in training).
         valid_sampler: `none`, or `test_ratio` (validation drawn in the test split's class ratio).
         epoch_offset: Added to epoch numbers in metrics and callbacks (a later fine-tuning stage).
@@ -113,7 +127,7 @@ class Trainer:
         self.early_stopping = EarlyStopping(config.monitor, config.patience)
         self.callbacks = [self.early_stopping, *callbacks]
         self.channels_last = channels_last
-        self.progress = progress
+        self.progress = progress and progress_bars_wanted()
         self.sampler, self.valid_sampler = sampler, valid_sampler
         self.device = resolve_device(config.device)
         self.loss_fn: nn.Module = nn.CrossEntropyLoss()
@@ -121,8 +135,8 @@ class Trainer:
         self.should_stop = False
 
     def fit(self, model: nn.Module, data: DataModule) -> FitResult:
-        """Trains up to `epochs` (resuming from the checkpoint if asked), stops early when told,
-        restores the best weights."""
+        """Trains up to `epochs` (resuming from the checkpoint if asked), stops early when told, and
+        restores the best epoch's weights unless `train.restore_best` is false (then keeps the last)."""
         self.model = model.to(self.device)
         train_labels = data.datasets["train"].labels.numpy()
         self.loss_fn = create_loss(self.config, train_labels, len(data.class_names)).to(self.device)
@@ -145,10 +159,17 @@ class Trainer:
             if self.should_stop:
                 result.stopped_early = epoch < self.config.epochs
                 break
-        if self.early_stopping.best_state is not None:
-            model.load_state_dict(self.early_stopping.best_state)
         result.best_epoch, result.best_value = self.early_stopping.best_epoch, self.early_stopping.best_value
+        result.restored_epoch = self._hand_back_weights(model, result)
         return result
+
+    def _hand_back_weights(self, model: nn.Module, result: FitResult) -> int:
+        """Loads the best epoch's weights if `train.restore_best` asks; returns the epoch whose weights `model` holds."""
+        last_epoch = int(result.history[-1]["epoch"]) if result.history else self.epoch_offset
+        if not self.config.restore_best or self.early_stopping.best_state is None:
+            return last_epoch
+        model.load_state_dict(self.early_stopping.best_state)
+        return self.early_stopping.best_epoch
 
     def _train_loader(self, data: DataModule, labels: np.ndarray) -> DataLoader:
         if self.sampler != "oversample":
