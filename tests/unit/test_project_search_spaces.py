@@ -1,4 +1,4 @@
-"""Every project has a search space of its own that fits its model; list-valued choices (layer widths)."""
+"""Every project, and every experiment of one, has a search space that fits its model; list-valued choices."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import optuna
 import pytest
 import torch
 
-from medxp.config import load_project, project_names
+from medxp.config import experiment_names, load_project, project_names
 from medxp.errors import MedxpError
 from medxp.models import create_model
+from medxp.models.factory import check_settings
 from medxp.search.space import load_search_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -35,6 +36,49 @@ def test_every_project_has_its_own_space_that_fits_its_model(project):
         model = create_model(sampled.model, sampled.dataset).eval()
         with torch.no_grad():
             assert model(model_input(sampled)).shape == (2, len(config.dataset.class_names))
+
+
+EXPERIMENTS = [(project, experiment) for project in project_names() for experiment in experiment_names(project)]
+# Keys a staged run (train.stage_epochs set) does not read: each stage has its own epochs, lr and unfrozen layers.
+STAGED_RUN_IGNORES = {"train.lr", "train.epochs", "model.unfrozen_layers"}
+# What an experiment fixes on purpose (what its study compares or is about): never searched.
+FIXED_ON_PURPOSE = {
+    "covid_radiography": {"model.batch_norm", "model.dropout", "model.head_dropout", "train.patience"},
+    "chest_xray_pneumonia": {"train.class_weights"},
+    "fetal_health": {"train.class_weights"},
+    "glaucoma": {"train.stage_unfrozen_layers", "train.stage_epochs"},
+    "organsmnist": {"model.channels", "model.unfrozen_layers"},
+}
+
+
+@pytest.mark.parametrize("project, experiment", EXPERIMENTS, ids=[f"{p}-{e}" for p, e in EXPERIMENTS])
+def test_every_experiment_has_a_space_that_fits_its_model(project, experiment):
+    config = load_project(project, experiment=experiment)
+    space = load_search_space(config.search.space or config.dataset.name)
+    space.check_against(config)  # refused when it searches a model.* key the experiment's model does not read
+    searched = {p.config_key for p in space.parameters}
+    assert not searched & FIXED_ON_PURPOSE.get(project, set())
+    if config.train.stage_epochs:
+        assert not searched & STAGED_RUN_IGNORES, f"{space.path}: searches keys a staged run ignores"
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(8):  # sampled values are valid config values and knobs the model applies
+        trial = study.ask()
+        sampled = config.replace(space(trial), origin=f"{space.path}: a sample")
+        study.tell(trial, 0.0)
+        check_settings(sampled.model)
+        assert sampled.model.name == config.model.name
+
+
+def test_the_staged_efficientnet_searches_the_stage_rates_it_trains_with():
+    from medxp.training.stages import training_stages
+
+    config = load_project("glaucoma", experiment="efficientnet_staged")
+    space = load_search_space(config.search.space)
+    stage_lrs = next(p for p in space.parameters if p.config_key == "train.stage_lrs")
+    assert tuple(config.train.stage_lrs) in {tuple(c) for c in stage_lrs.choices}  # the study's schedule is a choice
+    for choice in stage_lrs.choices:
+        stages = training_stages(config.replace({"train.stage_lrs": choice}))
+        assert [lr for _, _, lr in stages] == choice
 
 
 def test_fetal_health_space_searches_the_mlp_widths_and_class_weights():
