@@ -22,8 +22,8 @@ from torch import nn
 from medxp.config import load_project
 from medxp.data import create_datamodule
 from medxp.models import create_model
+from medxp.recording import EpochLogger
 from medxp.tracking.mlflow_tracker import MlflowTracker
-from medxp.tracking.records import EpochLogger
 from medxp.training.trainer import Trainer, seed_everything
 
 RESULTS = Path(__file__).parent / "results"

@@ -137,8 +137,8 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _main(args: argparse.Namespace) -> None:
+    from medxp.flows.search_register import search_explain_register
     from medxp.tracking.mlflow_tracker import MlflowTracker
-    from medxp.workflow import search_explain_register
 
     config = load_config(args)
     with MlflowTracker.start(config.dataset.name, run_name=f"main-{config.dataset.name}",
@@ -178,25 +178,19 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _explain(args: argparse.Namespace) -> None:
-    from medxp.data import create_datamodule
-    from medxp.ensemble import load_inference_model
-    from medxp.explain import explain_model
+    from medxp.flows.explain import explain_logged_model
     from medxp.tracking.mlflow_tracker import MlflowTracker
-    from medxp.tracking.records import record_context
 
     config = load_config(args)
     model_uri = _model_uri(args, config)
     with MlflowTracker.start(config.dataset.name, run_name=f"explain-{config.dataset.name}") as tracker:
-        data = create_datamodule(config)
-        record_context(tracker, config, data)
-        tracker.set_tags({"explained_model": model_uri})
-        model = load_inference_model(model_uri)
-        summary = explain_model(model, data, config, tracker, per_class=args.per_class, num_samples=args.samples)
+        summary = explain_logged_model(config, model_uri, tracker, per_class=args.per_class,
+                                       num_samples=args.samples)
     print(f"explained {len(summary.records)} image/method pairs of {model_uri}: {', '.join(summary.artifacts)}")
 
 
 def _cv(args: argparse.Namespace) -> None:
-    from medxp.cv import run_cross_validation
+    from medxp.flows.cross_validation import run_cross_validation
     from medxp.tracking.mlflow_tracker import MlflowTracker
 
     config = load_config(args)
@@ -207,7 +201,7 @@ def _cv(args: argparse.Namespace) -> None:
 
 
 def _ensemble(args: argparse.Namespace) -> None:
-    from medxp.ensemble import run_ensemble
+    from medxp.flows.ensemble import run_ensemble
     from medxp.tracking.mlflow_tracker import MlflowTracker
 
     config = load_config(args)
@@ -222,55 +216,36 @@ def _ensemble(args: argparse.Namespace) -> None:
 
 
 def _audit(args: argparse.Namespace) -> None:
-    import json
     from pathlib import Path
 
-    from medxp.data.audit import log_audit
-    from medxp.data.datamodule import audit_data, ensure_data
-    from medxp.data.synthetic import is_generated
+    from medxp.flows.project_data import audit_project, write_audit_report
     from medxp.tracking.mlflow_tracker import MlflowTracker
 
     config = load_config(args)
     with MlflowTracker.start(config.dataset.name, run_name=f"audit-{config.dataset.name}",
                              tags={"medxp.kind": "audit", "dataset": config.dataset.name}) as tracker:
-        root = ensure_data(config)  # tagged before the scan, so a failed audit still says what data it read
-        tracker.set_tags({"data.synthetic": str(is_generated(root)).lower(), "data.dir": str(root)})
-        report = audit_data(config)
-        log_audit(report, tracker)
-    output = Path(args.output or Path("audit") / config.dataset.name)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "report.html").write_text(report.to_html())
-    (output / "report.json").write_text(json.dumps(report.to_json(), indent=2))
+        report = audit_project(config, tracker)
+    html = write_audit_report(report, Path(args.output or Path("audit") / config.dataset.name))
     print(report.summary_text())
-    print(f"report: {output / 'report.html'} (and in MLflow run {tracker.run_id})")
+    print(f"report: {html} (and in MLflow run {tracker.run_id})")
 
 
 def _download(args: argparse.Namespace) -> None:
-    from medxp.data.download import download_project
+    from medxp.flows.project_data import download
 
-    path = download_project(args.project, args.target or None, force=args.force)
+    path = download(args.project, args.target or None, force=args.force)
     print(f"{args.project}: data in {path}")
 
 
 def _promote(args: argparse.Namespace) -> None:
-    from medxp.promotion import promote
-
+    from medxp.flows.promote import promote_and_record
     from medxp.tracking.mlflow_tracker import MlflowTracker
 
     config = load_config(args)
     with MlflowTracker.start(config.dataset.name, run_name=f"promote-{config.dataset.name}",
                              tags={"medxp.kind": "promotion"}) as tracker:
-        decision = promote(config.dataset.name, version=args.version or None, synthetic=_synthetic(config),
-                           force=args.force == "true", primary_metric=config.eval.primary_metric, note=args.note,
-                           require_significant=config.promote.require_significant,
-                           resamples=config.promote.bootstrap_resamples, confidence=config.eval.confidence)
-        tracker.set_tags({"promotion.outcome": decision.outcome, "promotion.model": decision.registered_model,
-                          "promotion.candidate": decision.candidate_version, "promotion.forced": decision.forced})
-        if decision.paired is not None:
-            tracker.log_metrics({"paired_difference": decision.paired.difference,
-                                 "paired_difference_ci_low": decision.paired.ci_low,
-                                 "paired_difference_ci_high": decision.paired.ci_high})
-        tracker.log_text(decision.reason, "promotion.txt")
+        decision = promote_and_record(config, tracker, version=args.version or None, force=args.force == "true",
+                                      note=args.note)
     print(decision.reason)
 
 
@@ -283,13 +258,9 @@ def _model_uri(args: argparse.Namespace, config) -> str:
 
 def _synthetic(config) -> bool:
     """Whether the project's data folder holds generated demo data (then models are `-demo`)."""
-    from medxp.config import resolve_data_dir
-    from medxp.data.synthetic import is_generated
+    from medxp.flows.project_data import uses_generated_data
 
-    root = resolve_data_dir(config)
-    if not root.exists():
-        return config.data.demo != "never" and bool(config.dataset.demo)
-    return is_generated(root)
+    return uses_generated_data(config)
 
 
 def _list(args: argparse.Namespace) -> None:

@@ -1,6 +1,9 @@
 """The one orchestrator: data -> model -> training -> evaluation -> tracking.
 
-The CLI, the MLproject entry points and every search trial call `run_experiment`.
+The CLI, the MLproject entry points and every search trial call `run_experiment`. The
+steps every run shares are here too, for the flows (`medxp.flows`) and the CLI to compose:
+`prepare` (the data, its context recorded), `open_logged_model` (then a tag and the logged
+model loaded) and `evaluate_and_record`. This module imports no flow.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from medxp.data import DataModule, create_datamodule
 from medxp.data.datamodule import PriorAudit
 from medxp.models import InferenceModel, create_model
 from medxp.models.backbones import pretrained_input
+from medxp.recording import EpochLogger, record_context, record_evaluation, record_fit
 from medxp.tracking.base import Tracker
-from medxp.tracking.records import EpochLogger, record_context, record_evaluation, record_fit
 from medxp.training.evaluate import Evaluation, evaluate_predictions, evaluate_splits, stored_rule
 from medxp.training.operating_point import PredictionRule
 from medxp.training.stages import fit_in_stages
@@ -61,8 +64,7 @@ def run_experiment(config: ExperimentConfig, tracker: Tracker, callbacks: Sequen
     seed_everything(config.train.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    data = data if data is not None else create_datamodule(config, prior_audit)
-    record_context(tracker, config, data)
+    data = prepare(config, tracker, data, prior_audit)
     model = create_model(config.model, config.dataset)
     tracker.set_tags({"model.weights_source": getattr(model, "weights_source", "random-init"),
                       "model.weights_sha256": getattr(model, "weights_sha256", "")})
@@ -108,18 +110,48 @@ def example_batch(data: DataModule, size: int = 2) -> Any:
     return model_inputs(data, "valid")[:size].numpy()
 
 
-def evaluate_logged_model(config: ExperimentConfig, model_uri: str, tracker: Tracker,
-                          split: str = "test") -> Evaluation:
-    """Scores a logged or registered medxp model (pixels in, probabilities out) on one split."""
-    from medxp.ensemble import load_inference_model
+def prepare(config: ExperimentConfig, tracker: Tracker, data: DataModule | None = None,
+            prior_audit: PriorAudit | None = None) -> DataModule:
+    """The run's data, with its context recorded (tags, resolved config, provenance): every run's first step.
 
-    data = create_datamodule(config)
+    Args:
+        config: The resolved experiment config.
+        tracker: The run that records the context.
+        data: Splits made elsewhere (a CV fold) to use instead of `create_datamodule(config)`.
+        prior_audit: The data's audit made once before (a search's driver), used instead of auditing again.
+    """
+    data = data if data is not None else create_datamodule(config, prior_audit)
     record_context(tracker, config, data)
-    tracker.set_tags({"evaluated_model": model_uri})
-    model = load_inference_model(model_uri)
+    return data
+
+
+def open_logged_model(config: ExperimentConfig, model_uri: str, tracker: Tracker,
+                      tags: dict[str, str]) -> tuple[DataModule, nn.Module]:
+    """The data (context recorded), the run tagged with `tags`, and the logged model at `model_uri` loaded.
+
+    The first steps of every run that works on a logged or registered model (evaluate, explain,
+    the main flow's best trial).
+    """
+    from medxp.models.loading import load_inference_model  # imports MLflow's pyfunc: only runs that load need it
+
+    data = prepare(config, tracker)
+    tracker.set_tags(tags)
+    return data, load_inference_model(model_uri)
+
+
+def evaluate_and_record(model: nn.Module, data: DataModule, split: str, config: ExperimentConfig,
+                        tracker: Tracker) -> Evaluation:
+    """Scores an inference model on one split (`evaluate_inference_model`) and records the evaluation."""
     evaluation = evaluate_inference_model(model, data, split, config)
     record_evaluation(tracker, evaluation)
     return evaluation
+
+
+def evaluate_logged_model(config: ExperimentConfig, model_uri: str, tracker: Tracker,
+                          split: str = "test") -> Evaluation:
+    """Scores a logged or registered medxp model (pixels in, probabilities out) on one split."""
+    data, model = open_logged_model(config, model_uri, tracker, {"evaluated_model": model_uri})
+    return evaluate_and_record(model, data, split, config, tracker)
 
 
 def evaluate_inference_model(model: nn.Module, data: DataModule, split: str, config: ExperimentConfig) -> Evaluation:

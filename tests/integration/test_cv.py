@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medxp.cv import cv_source, dataset_folds, fold_datamodule, run_cross_validation, stratified_plan
+from medxp.flows.cross_validation import cv_source, dataset_folds, fold_datamodule, run_cross_validation, stratified_plan
 from medxp.data import create_datamodule
 from medxp.errors import MedxpError
 from medxp.tracking.mlflow_tracker import MlflowTracker

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from medxp.ensemble import EnsembleModel, MemberInfo, build_ensemble, load_inference_model, run_ensemble
 from medxp.errors import MedxpError
+from medxp.flows.ensemble import build_ensemble, run_ensemble
+from medxp.models import EnsembleModel, MemberInfo, load_inference_model
 from medxp.pipeline import run_experiment
 from medxp.tracking.mlflow_tracker import MlflowTracker
 

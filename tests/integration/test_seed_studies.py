@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from medxp.config import experiment_names, load_project
-from medxp.ensemble import EnsembleModel
+from medxp.models import EnsembleModel
 from medxp.pipeline import evaluate_inference_model, inference_model, run_experiment
 from medxp.tracking import NullTracker
 from tests.unit.test_sources import make_covid, make_kermany, write_npz

@@ -23,7 +23,6 @@ SHA-256 of the file, which a run records (`model.weights_source`, `model.weights
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import logging
 import os
@@ -37,6 +36,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 
 from medxp.errors import MedxpError
+from medxp.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -294,15 +294,6 @@ def _weights_host(name: str) -> str:
     if config.hf_hub_id:
         return "huggingface.co"
     return (urlparse(config.url).hostname or "") if config.url else ""
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cached_weight_file(name: str) -> Path | None:

@@ -30,6 +30,7 @@ from medxp.data.audit import leak_policy, log_audit
 from medxp.data.datamodule import PriorAudit, ensure_data, prior_audit
 from medxp.data.synthetic import is_generated
 from medxp.errors import MedxpError
+from medxp.recording import record_run_config
 from medxp.search.progress import SearchProgress
 from medxp.search.report import log_search_report
 from medxp.search.space import SearchSpace, load_search_space
@@ -180,10 +181,8 @@ def _log_search_data(parent: MlflowTracker, config: ExperimentConfig, root: Path
 def _log_search_setup(parent: MlflowTracker, config: ExperimentConfig, space: SearchSpace, name: str,
                       storage: str, new_trials: int) -> None:
     settings = config.search
-    parent.set_tags({"medxp.study": name, "medxp.kind": "search", "dataset": config.dataset.name,
-                     "model": config.model.name})
     max_epochs = settings.max_epochs or config.train.epochs
-    parent.log_params({
+    record_run_config(parent, config, {"medxp.study": name, "medxp.kind": "search"}, {
         **{key: value for key, value in config.to_flat_dict().items() if key.startswith("search.")},
         "search.study": name,
         "search.storage": storage,
@@ -194,7 +193,6 @@ def _log_search_setup(parent: MlflowTracker, config: ExperimentConfig, space: Se
         "search.new_trials": new_trials,
     })
     parent.log_dict(space.to_dict(), "search/space.yaml")
-    parent.log_dict(config.to_dict(), "config/resolved.yaml")
 
 
 def _run_tune(study: optuna.Study, space: SearchSpace, base: ExperimentConfig, context: TrialContext,

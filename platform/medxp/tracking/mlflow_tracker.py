@@ -36,6 +36,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from torch import nn
 
 import medxp
+from medxp.errors import MedxpError
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,20 @@ class MlflowTracker:
             except BaseException as error:
                 tracker.record_failure(error)
                 raise
+
+    def check_active(self, what: str) -> None:
+        """Refuses work that logs into the active run (nested runs, pyfunc models) when this is not that run.
+
+        Args:
+            what: The work, named first in the error (`cross-validation`, `ensemble`).
+
+        Raises:
+            MedxpError: no active MLflow run, or another one than this tracker's.
+        """
+        active = mlflow.active_run()
+        if active is None or active.info.run_id != self.run_id:
+            raise MedxpError(f"{what}: tracker run {self.run_id} is not the active MLflow run; "
+                             "expected to be called inside `with MlflowTracker.start(...) as tracker`")
 
     def record_failure(self, error: BaseException) -> None:
         """Keeps the error on the run (tag + traceback artifact); the run ends FAILED."""

@@ -1,4 +1,4 @@
-"""The platform's main flow: search, evaluate the best trial's model, explain it, register it.
+"""The search-and-register flow (`medxp main`): search, evaluate the best trial's model, explain it, register it.
 
 Above `pipeline` (one run) and `search` (many runs): this module only sequences them.
 Promotion is a separate, deliberate step (`medxp promote`).
@@ -10,11 +10,9 @@ import logging
 from dataclasses import dataclass
 
 from medxp.config import ExperimentConfig
-from medxp.data import create_datamodule
 from medxp.errors import MedxpError
-from medxp.pipeline import evaluate_inference_model
+from medxp.pipeline import evaluate_and_record, open_logged_model
 from medxp.tracking.mlflow_tracker import MlflowTracker
-from medxp.tracking.records import record_context, record_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +36,6 @@ def search_explain_register(config: ExperimentConfig, tracker: MlflowTracker, *,
     Raises:
         MedxpError: no trial finished (nothing to register).
     """
-    from medxp.ensemble import load_inference_model
     from medxp.explain import explain_model
     from medxp.promotion import register_model
     from medxp.search import run_search
@@ -48,12 +45,9 @@ def search_explain_register(config: ExperimentConfig, tracker: MlflowTracker, *,
         raise MedxpError(f"search '{search.study_name}' has no finished trial to register "
                          f"(trials per state: {search.state_counts}); see the failed trials' runs")
     best = search.best_config
-    data = create_datamodule(best)
-    record_context(tracker, best, data)
-    tracker.set_tags({"best_trial": str(search.best_trial_number), "best_run_id": str(search.best_run_id)})
-    model = load_inference_model(search.best_model_uri)
-    evaluation = evaluate_inference_model(model, data, "test", best)
-    record_evaluation(tracker, evaluation)
+    data, model = open_logged_model(best, search.best_model_uri, tracker, {
+        "best_trial": str(search.best_trial_number), "best_run_id": str(search.best_run_id)})
+    evaluation = evaluate_and_record(model, data, "test", best, tracker)
     explained = explain_model(model, data, best, tracker, num_samples=explain_samples) \
         if best.dataset.modality == "image" else None
     version = register_model(tracker.run_id, search.best_model_uri, best, synthetic=data.synthetic)

@@ -1,4 +1,4 @@
-"""K-fold cross-validation: one nested MLflow run per fold, and the glaucoma study's summary table.
+"""The cross-validation flow (`medxp cv`): one nested MLflow run per fold, and the glaucoma study's summary table.
 
 Where the folds come from (`cv.source`):
 
@@ -41,6 +41,7 @@ from medxp.data.splits import patient_ids, split_hash, stratified_folds
 from medxp.data.synthetic import is_generated
 from medxp.errors import MedxpError
 from medxp.pipeline import run_experiment
+from medxp.recording import record_run_config
 from medxp.tracking.mlflow_tracker import MlflowTracker
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class CVResult:
 
     @property
     def model_uris(self) -> list[str]:
-        """The finished folds' logged models, e.g. for `medxp.ensemble.build_ensemble`."""
+        """The finished folds' logged models, e.g. for `medxp.flows.ensemble.build_ensemble`."""
         return [uri for uri in self.folds["model_uri"] if uri]
 
 
@@ -108,11 +109,12 @@ def run_cross_validation(config: ExperimentConfig, tracker: MlflowTracker, *, lo
     Raises:
         MedxpError: bad cv settings, no parent run, or no fold finished (the table is logged first).
     """
-    _check_active(tracker)
+    tracker.check_active("cross-validation")
     source = cv_source(config)
     folds, synthetic = dataset_folds(config) if source == "dataset" else stratified_plan(config)
     experiment = mlflow.get_experiment(mlflow.active_run().info.experiment_id).name
-    _record_parent_context(tracker, config, source, len(folds), synthetic)
+    record_run_config(tracker, config, {"medxp.kind": "cv", "cv.source": source, "cv.folds": str(len(folds)),
+                                        "data.synthetic": str(synthetic).lower()})
     rows = [run_fold(fold, experiment, source, log_models=log_models, progress=progress) for fold in folds]
     result = summarise(rows, source, tracker.run_id)
     record_cv(tracker, result)
@@ -304,21 +306,6 @@ def record_cv(tracker: MlflowTracker, result: CVResult) -> None:
     tracker.log_figure(cv_metrics_figure(result.folds), "cv/metrics.png")
     tracker.log_metrics({**summary_metrics(result.summary), "cv_folds_finished": result.finished,
                          "cv_folds_failed": result.failed})
-
-
-def _record_parent_context(tracker: MlflowTracker, config: ExperimentConfig, source: str, fold_count: int,
-                           synthetic: bool) -> None:
-    tracker.set_tags({"medxp.kind": "cv", "dataset": config.dataset.name, "model": config.model.name,
-                      "cv.source": source, "cv.folds": str(fold_count), "data.synthetic": str(synthetic).lower()})
-    tracker.log_params({k: v for k, v in config.to_flat_dict().items() if not k.startswith("search.")})
-    tracker.log_dict(config.to_dict(), "config/resolved.yaml")
-
-
-def _check_active(tracker: MlflowTracker) -> None:
-    active = mlflow.active_run()
-    if active is None or active.info.run_id != tracker.run_id:
-        raise MedxpError(f"cross-validation: tracker run {tracker.run_id} is not the active MLflow run; "
-                         "expected to be called inside `with MlflowTracker.start(...) as tracker`")
 
 
 # ---------------------------------------------------------------- the plot

@@ -1,4 +1,9 @@
-"""What a run records, written once for every entry point: context, curves, evaluations."""
+"""What a run records, written once for every entry point: context, curves, evaluations.
+
+It sits above `medxp.training` (it draws the training results' figures) and below
+`medxp.pipeline`; it logs only through the `medxp.tracking.Tracker` protocol, so the
+tracking package knows nothing of training.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import platform as system_platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any, Mapping
 
 from medxp.config import ExperimentConfig
 from medxp.data import DataModule
@@ -18,11 +24,29 @@ from medxp.training.trainer import FitResult
 PACKAGES = ("medxp", "torch", "torchvision", "timm", "mlflow", "optuna", "ray", "scikit-learn", "numpy")
 
 
+def record_run_config(tracker: Tracker, config: ExperimentConfig, tags: Mapping[str, str],
+                      params: Mapping[str, Any] | None = None) -> None:
+    """What every run says about its config: tags `dataset`, `model` and `tags`, params, `config/resolved.yaml`.
+
+    Args:
+        tracker: The run.
+        config: The resolved config, logged whole as `config/resolved.yaml`.
+        tags: The run's own tags, set after (so over) `dataset` and `model`.
+        params: The params; default `run_params(config)`.
+    """
+    tracker.set_tags({"dataset": config.dataset.name, "model": config.model.name, **tags})
+    tracker.log_params(run_params(config) if params is None else params)
+    tracker.log_dict(config.to_dict(), "config/resolved.yaml")
+
+
+def run_params(config: ExperimentConfig) -> dict[str, Any]:
+    """The flat config without `search.*`: search settings are the search parent run's params, not a run's."""
+    return {key: value for key, value in config.to_flat_dict().items() if not key.startswith("search.")}
+
+
 def record_context(tracker: Tracker, config: ExperimentConfig, data: DataModule) -> None:
     """Tags, resolved config and provenance: what is needed to reproduce the run."""
-    tracker.set_tags({
-        "dataset": config.dataset.name,
-        "model": config.model.name,
+    record_run_config(tracker, config, {
         "data.fingerprint": data.fingerprint,
         "data.split_hash": data.split_hash,
         "data.synthetic": str(data.synthetic).lower(),
@@ -30,13 +54,10 @@ def record_context(tracker: Tracker, config: ExperimentConfig, data: DataModule)
         "git.commit": git_commit(),
         **{f"version.{name}": package_version(name) for name in ("torch", "mlflow")},
     })
-    # Search settings are the search parent run's params, not a training run's.
-    tracker.log_params({k: v for k, v in config.to_flat_dict().items() if not k.startswith("search.")})
     if getattr(data, "audit", None) is not None:
         from medxp.data.audit import log_audit
 
         log_audit(data.audit, tracker)
-    tracker.log_dict(config.to_dict(), "config/resolved.yaml")
     tracker.log_dict({
         "python": system_platform.python_version(),
         "packages": {name: package_version(name) for name in PACKAGES},

@@ -1,0 +1,83 @@
+"""The ensemble network: the mean of N medxp models' class probabilities, as one `nn.Module`.
+
+A member is any model medxp logs: (N, C, H, W) float32 pixels in [0, 1] in, class
+probabilities out (`medxp.models.InferenceModel`). Members must agree on class names and
+input shape; a mismatch is an error naming the members. Loading members from MLflow is
+`medxp.models.loading`; building, logging and registering an ensemble is `medxp.flows.ensemble`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from medxp.errors import MedxpError
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """What must agree between ensemble members; empty fields are unknown and not compared.
+
+    Attributes:
+        source: Where the member came from (its model URI), named in errors.
+        class_names: The classes of its output columns, in order.
+        input_shape: One input's shape without the batch axis, e.g. (3, 64, 64).
+    """
+
+    source: str
+    class_names: tuple[str, ...] = ()
+    input_shape: tuple[int, ...] = ()
+
+
+class EnsembleModel(nn.Module):
+    """Averages the class probabilities of its members: pixels in [0, 1] in, probabilities out."""
+
+    def __init__(self, models: Sequence[nn.Module], members: Sequence[MemberInfo] | None = None) -> None:
+        """Builds the ensemble.
+
+        Args:
+            models: Medxp inference models (each returns probabilities).
+            members: One description per model; checked for agreement. None: `member 0`, ... unchecked.
+
+        Raises:
+            MedxpError: no model, a description count that differs, or members that disagree.
+        """
+        super().__init__()
+        if not models:
+            raise MedxpError("ensemble: no member models; expected at least one model URI")
+        members = tuple(members) if members is not None else tuple(MemberInfo(f"member {i}")
+                                                                      for i in range(len(models)))
+        if len(members) != len(models):
+            raise MedxpError(f"ensemble: {len(models)} models but {len(members)} member descriptions; "
+                             "expected one description per model")
+        self.class_names, self.input_shape = check_members(members)
+        self.member_info = members
+        self.members = nn.ModuleList(models)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        probabilities = [member(inputs) for member in self.members]
+        widths = [p.shape[-1] for p in probabilities]
+        if len(set(widths)) > 1:
+            described = ", ".join(f"{info.source}: {width}" for info, width in zip(self.member_info, widths))
+            raise MedxpError(f"ensemble: members return different numbers of classes ({described}); "
+                             "expected members trained on the same classes")
+        return torch.stack(probabilities).mean(dim=0)
+
+
+def check_members(members: Sequence[MemberInfo]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The members' common (class names, input shape); unknown fields are skipped.
+
+    Raises:
+        MedxpError: two members with different class names or input shapes, naming every member.
+    """
+    agreed = []
+    for field, what in (("class_names", "class names"), ("input_shape", "input shape")):
+        known = {getattr(info, field) for info in members if getattr(info, field)}
+        if len(known) > 1:
+            described = "; ".join(f"{info.source}: {list(getattr(info, field)) or 'unknown'}" for info in members)
+            raise MedxpError(f"ensemble members disagree on {what} ({described}); "
+                             f"expected every member to have the same {what}")
+        agreed.append(known.pop() if known else ())
+    return agreed[0], agreed[1]
