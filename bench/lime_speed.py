@@ -32,7 +32,7 @@ import torch
 from medxp.config import load_project
 from medxp.data.images import decode_image
 from medxp.data.synthetic import POOL_DIR, generate_fundus_demo
-from medxp.explain import METHODS, create_segmenter, explain_image, make_classifier_fn
+from medxp.explain import SEGMENTATIONS, create_segmenter, explain_image, make_classifier_fn
 from medxp.explain.lime_images import default_batch_size, to_lime_image
 from medxp.models import InferenceModel, create_model
 
@@ -86,7 +86,8 @@ def time_stock_lime(model: Any, image: np.ndarray, samples: int, seed: int, batc
 
 def run_rounds(model: Any, image: np.ndarray, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Times every variant once per round, rounds interleaved so a busy spell hits all alike."""
-    variants = {method: (lambda seed, m=method: time_medxp(model, image, m, args.samples, seed)) for method in METHODS}
+    variants = {method: (lambda seed, m=method: time_medxp(model, image, m, args.samples, seed))
+                for method in SEGMENTATIONS.in_registration_order()}
     if args.stock:
         for batch_size in (10, default_batch_size(*image.shape[-2:])):
             variants[f"{STOCK} (batch {batch_size})"] = (
@@ -98,7 +99,7 @@ def run_rounds(model: Any, image: np.ndarray, args: argparse.Namespace) -> list[
     rows = []
     for name, seconds in runs.items():
         median = statistics.median(seconds)
-        facts = segmentation_facts(image, name) if name in METHODS else {}
+        facts = segmentation_facts(image, name) if name in SEGMENTATIONS else {}
         rows.append({"method": name, **facts, "seconds": round(median, 2), "runs": [round(s, 2) for s in seconds],
                      "meets_goal": median <= GOAL_SECONDS})
     return rows

@@ -184,7 +184,7 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class CVConfig:
-    """Cross-validation (`medxp.cv`): which folds, one nested run each.
+    """Cross-validation (`medxp.flows.cross_validation`): which folds, one nested run each.
 
     `source`: `dataset` trains the data's own folds (layout folds: data.fold = 0..K-1);
     `stratified` re-splits train + valid with StratifiedKFold (test fixed); `auto` picks
@@ -278,16 +278,13 @@ SHORT_KEYS = {
     "folds": "cv.folds",
 }
 
+# Keys with a fixed set of values; those whose values a registry holds are in `_registered_choices`.
 _CHOICES = {
-    "dataset.layout": ("folds", "image_folder_splits", "class_folders", "training_testing", "medmnist", "csv"),
-    "dataset.modality": ("image", "tabular"),
     "model.channel_order": ("as_given", "ascending", "descending"),
     "model.head_pooling": ("avg", "max"),
     "data.demo": ("auto", "never", "always"),
-    "train.optimizer": ("adam", "adamw", "sgd", "adadelta", "adagrad", "rmsprop"),
     "train.monitor": ("val_loss", "val_accuracy", "val_f1_macro", "val_roc_auc"),
     "train.device": ("auto", "cpu", "cuda"),
-    "train.scheduler": ("none", "cosine", "onecycle", "plateau"),
     "data.sampler": ("none", "oversample"),
     "audit.on_leak": ("off", "warn", "fail", "drop"),
     "data.valid_sampler": ("none", "test_ratio"),
@@ -478,9 +475,23 @@ def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
     return value
 
 
+def _registered_choices() -> dict[str, list[str]]:
+    """The keys whose valid values are the names in a registry, each with those names.
+
+    The registries live beside what they build (data sources, modalities, optimizers, schedulers), in
+    modules that import this one; so they are imported when a config is validated, not here.
+    """
+    from medxp.data.datamodule import MODALITIES
+    from medxp.data.sources import layout_names
+    from medxp.training.optim import OPTIMIZERS, SCHEDULERS
+
+    return {"dataset.layout": layout_names(), "dataset.modality": MODALITIES.names(),
+            "train.optimizer": OPTIMIZERS.names(), "train.scheduler": SCHEDULERS.names()}
+
+
 def _validate(config: ExperimentConfig, origin: str) -> None:
     flat = config.to_flat_dict()
-    for key, choices in _CHOICES.items():
+    for key, choices in {**_registered_choices(), **_CHOICES}.items():
         if flat[key] not in choices:
             raise MedxpError(f"{origin}: '{key}' = {flat[key]!r}: expected one of {', '.join(choices)}")
     positive = ["dataset.image_size", "dataset.channels", "train.batch_size", "train.epochs", "train.lr",

@@ -43,6 +43,10 @@ class Registry(Generic[T]):
         """Registered names, sorted."""
         return sorted(self._entries)
 
+    def in_registration_order(self) -> tuple[str, ...]:
+        """Registered names in the order they were registered (a default that uses them all keeps it)."""
+        return tuple(self._entries)
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 

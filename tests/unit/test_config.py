@@ -81,3 +81,34 @@ def test_config_is_frozen():
     config = load_project("glaucoma")
     with pytest.raises(AttributeError):
         config.train.lr = 1.0
+
+
+def registries():
+    from medxp.data.datamodule import MODALITIES
+    from medxp.data.sources import ARRAY_SOURCES, LAYOUTS, TABLE_LAYOUTS
+    from medxp.training.optim import OPTIMIZERS, SCHEDULERS
+
+    return {"train.optimizer": [OPTIMIZERS], "train.scheduler": [SCHEDULERS],
+            "dataset.layout": [LAYOUTS, ARRAY_SOURCES, TABLE_LAYOUTS], "dataset.modality": [MODALITIES]}
+
+
+@pytest.mark.parametrize("key", ["train.optimizer", "train.scheduler", "dataset.layout", "dataset.modality"])
+def test_registered_choices_come_from_their_registry(tmp_path, key, monkeypatch):
+    first = registries()[key][0]
+    monkeypatch.setitem(first._entries, "plugged_in", object())  # a plug-in registered by a later module
+
+    section, name = key.split(".")
+    assert getattr(getattr(load_project("glaucoma", {key: "plugged_in"}), section), name) == "plugged_in"
+    with pytest.raises(MedxpError) as error:
+        load(write(tmp_path, f"{MINIMAL}{section}: {{{name}: bogus}}\n"))
+    every_name = sorted({entry for registry in registries()[key] for entry in registry})
+    assert str(error.value).endswith(f"project.yaml: '{key}' = 'bogus': expected one of {', '.join(every_name)}")
+
+
+def test_the_csv_layout_is_known_to_a_process_that_imported_only_config():
+    import subprocess
+    import sys
+
+    code = "from medxp.config import load_project; print(load_project('fetal_health').dataset.layout)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "csv"

@@ -19,8 +19,8 @@ from medxp.config import EvalConfig, load, load_project, project_names
 from medxp.errors import MedxpError
 from medxp.models import InferenceModel
 from medxp.pipeline import evaluate_inference_model, inference_model
+from medxp.recording import record_evaluation
 from medxp.tracking.null import NullTracker
-from medxp.tracking.records import record_evaluation
 from medxp.training.calibration import (
     apply_temperature,
     brier_score,

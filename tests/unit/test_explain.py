@@ -15,6 +15,7 @@ from torch import nn
 from medxp.data import create_datamodule
 from medxp.errors import MedxpError
 from medxp.explain import (
+    SEGMENTATIONS,
     BatchedLimeImageExplainer,
     create_segmenter,
     disc_weight_share,
@@ -274,6 +275,25 @@ def test_examples_alternate_correct_and_wrong_per_class():
 
     assert select_examples(labels, probabilities, per_class=2) == [0, 2, 4, 5]
     assert select_examples(labels, probabilities, per_class=3) == [0, 1, 2, 4, 5]
+
+
+def quarter_segmenter(image_size: int, seed: int, **params):
+    """A plug-in segmentation: the image's four quadrants."""
+    def segment(image: np.ndarray) -> np.ndarray:
+        rows, columns = np.indices(image.shape[:2])
+        return (rows >= image.shape[0] // 2) * 2 + (columns >= image.shape[1] // 2)
+    return segment
+
+
+def test_default_methods_are_the_segmentation_registry_in_registration_order(monkeypatch):
+    assert SEGMENTATIONS.in_registration_order() == ("quickshift", "slic", "kmeans")  # the grid's columns
+    monkeypatch.setattr(SEGMENTATIONS, "_entries", {"quarters": quarter_segmenter})  # a plug-in, alone
+    images, labels = grid_data()
+
+    _, records = explanation_grid(RegionModel(), images, labels, ("dark", "bright"), per_class=1, num_samples=20)
+
+    assert {record.method for record in records} == {"quarters"}
+    assert {int(record.explanation.segments.max()) for record in records} == {3}
 
 
 def test_grid_refuses_mismatched_labels():

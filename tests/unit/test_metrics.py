@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 
+import matplotlib
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
+from sklearn.metrics import roc_curve
 
 from medxp.errors import MedxpError
 from medxp.training import metrics, plots
@@ -435,3 +437,30 @@ def test_roc_figure_names_a_class_without_cases():
     (axes,) = plots.roc_figure(labels, probabilities, THREE_NAMES).axes
     legend = [text.get_text() for text in axes.get_legend().get_texts()]
     assert legend[2] == "normal vs rest (no curve: one outcome only)"
+
+
+def test_confusion_matrix_text_is_light_on_dark_cells_on_a_scale_from_zero():
+    # Large counts only: every cell is dark on the 0..max scale, so every text is light (a midpoint rule
+    # between the smallest and largest count would write dark text on the two darkish cells).
+    figure = plots.confusion_matrix_figure([[100, 90], [95, 98]], BINARY_NAMES)
+    (matrix_axes, _) = figure.axes
+    colours = {tuple(np.round(text.get_color(), 3)) for text in matrix_axes.texts}
+    light = tuple(np.round(matplotlib.colormaps["Blues"](0.0), 3))
+    assert colours == {light}
+    dark_and_light = plots.confusion_matrix_figure([[40, 10], [5, 45]], BINARY_NAMES).axes[0].texts
+    assert [tuple(np.round(text.get_color(), 3)) == light for text in dark_and_light] == [True, False, False, True]
+
+
+def test_confusion_matrix_figure_is_wide_enough_for_a_long_title():
+    title = "Confusion matrix (test): p(glaucoma) >= 0.420 and then some more words"
+    width, _ = plots.confusion_matrix_figure([[1, 0], [0, 1]], BINARY_NAMES, title=title).get_size_inches()
+    assert width >= 0.075 * len(title) + 2.0
+    assert plots.confusion_matrix_figure([[1, 0], [0, 1]], BINARY_NAMES).get_size_inches()[0] == 5.5
+
+
+def test_roc_figure_curve_is_scikit_learns_roc_curve():
+    (axes,) = plots.roc_figure(BINARY_TRUE, BINARY_PROB, BINARY_NAMES).axes
+    false_positive_rate, true_positive_rate, _ = roc_curve(BINARY_TRUE == 1, BINARY_PROB_POSITIVE)
+    curve = axes.lines[0]
+    assert np.allclose(curve.get_xdata(), false_positive_rate) and np.allclose(curve.get_ydata(), true_positive_rate)
+    assert axes.get_xlabel() == "false positive rate (1 - specificity)" and axes.get_xlim() == (0, 1)

@@ -23,7 +23,9 @@ from medxp.search.study import (
     PruningScheduler,
     StudySearcher,
     finished_count,
+    open_study,
 )
+from medxp.config import SearchConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -47,7 +49,7 @@ def finish(searcher: StudySearcher, tune_id: str, value: float) -> None:
 
 def test_a_repeat_of_a_finished_trial_takes_its_outcome_and_is_not_trained(tmp_path):
     searcher = make_searcher(tmp_path, "[0.1, 0.2]")
-    study = searcher._ot_study
+    study = searcher.study
     for _ in range(2):
         study.enqueue_trial({"lr": 0.1})  # the first two proposals: 0.1, then 0.1 again
     assert searcher.suggest("a")[PARAMS] == {"lr": 0.1}
@@ -69,7 +71,7 @@ def test_a_space_with_nothing_new_left_ends_the_search(tmp_path):
     searcher = make_searcher(tmp_path, "[0.1]")
     searcher.suggest("a")
     assert searcher.suggest("b") == Searcher.FINISHED  # every redraw repeats the running trial 0
-    study = searcher._ot_study
+    study = searcher.study
     assert len(study.trials) == 1 + MAX_REDRAWS and study.trials[-1].state == TrialState.RUNNING
     finish(searcher, "a", 0.8)
     twins = [t for t in study.trials if DUPLICATE_OF in t.user_attrs]
@@ -84,19 +86,19 @@ def test_pruned_twin_is_recorded_pruned_and_rerun_duplicates_trains_again(tmp_pa
     searcher.on_trial_result("a", {OBJECTIVE: 0.4, EPOCH: 1})
     searcher.on_trial_complete("a", {OBJECTIVE: 0.4, EPOCH: 1})
     assert searcher.suggest("b") == Searcher.FINISHED
-    twin = searcher._ot_study.trials[1]
+    twin = searcher.study.trials[1]
     assert twin.state == TrialState.PRUNED and twin.intermediate_values == {1: 0.4}
     (tmp_path / "rerun").mkdir()
     rerunning = make_searcher(tmp_path / "rerun", "[0.1]", rerun_duplicates=True)
     rerunning.suggest("a")
     finish(rerunning, "a", 0.8)
     assert rerunning.suggest("b")[PARAMS] == {"lr": 0.1}
-    assert not [t for t in rerunning._ot_study.trials if DUPLICATE_OF in t.user_attrs]
+    assert not [t for t in rerunning.study.trials if DUPLICATE_OF in t.user_attrs]
 
 
 def test_a_repeat_of_a_running_trial_waits_for_its_outcome(tmp_path):
     searcher = make_searcher(tmp_path, "[0.1, 0.2]")
-    study = searcher._ot_study
+    study = searcher.study
     for _ in range(2):
         study.enqueue_trial({"lr": 0.1})
     searcher.suggest("a")
@@ -112,13 +114,28 @@ def test_a_repeat_of_a_running_trial_waits_for_its_outcome(tmp_path):
 def test_a_twin_waiting_for_a_trial_that_fails_fails_too(tmp_path):
     searcher = make_searcher(tmp_path, "[0.1, 0.2]")
     for _ in range(2):
-        searcher._ot_study.enqueue_trial({"lr": 0.1})
+        searcher.study.enqueue_trial({"lr": 0.1})
     searcher.suggest("a")
     searcher.suggest("b")
     searcher.on_trial_complete("a", error=True)
-    waiting = searcher._ot_study.trials[1]
+    waiting = searcher.study.trials[1]
     assert waiting.state == TrialState.FAIL and waiting.user_attrs[DUPLICATE_OF] == 0
-    assert finished_count(searcher._ot_study) == 0
+    assert finished_count(searcher.study) == 0
+
+
+def test_open_study_marks_the_trials_an_interrupted_search_left_running_failed(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    killed = optuna.create_study(study_name="resumed", storage=storage, direction="maximize")
+    killed.tell(killed.ask(), 0.5)
+    killed.ask()  # RUNNING when the search was killed
+    killed.enqueue_trial({"lr": 0.1})  # WAITING
+    study = open_study("resumed", storage, SearchConfig())
+    states = [trial.state for trial in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
+    assert all(trial.user_attrs["reason"] == "left running by an interrupted search" for trial in study.trials[1:])
+    assert "reason" not in study.trials[0].user_attrs and study.trials[0].value == 0.5
+    reloaded = optuna.load_study(study_name="resumed", storage=storage)  # written to the database, not a cache
+    assert [trial.state for trial in reloaded.trials] == states
 
 
 class FakeTrial:

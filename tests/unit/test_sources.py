@@ -116,6 +116,14 @@ def test_covid_split_repeats_with_the_seed_and_changes_with_another(tmp_path):
     assert first.files["test"] == again.files["test"]
 
 
+def test_an_image_module_carries_its_modality(tmp_path):
+    config = config_for("covid_radiography", make_covid(tmp_path / "covid"))
+    data = create_datamodule(config)
+    assert data.explainable and data.input_statistics(config.dataset) == (config.dataset.mean, config.dataset.std)
+    rows = data.datasets["train"].images.numpy()
+    assert data.fold_transforms(rows) == (data.datasets["train"].transform, data.datasets["valid"].transform, {})
+
+
 def test_folder_not_in_the_spec_is_named(tmp_path):
     root = make_covid(tmp_path / "covid")
     write_image(root / "Tuberculosis" / "images" / "t.png", 1)
@@ -258,7 +266,7 @@ def test_not_an_npz_is_named(tmp_path):
 
 def test_the_split_is_recorded_on_the_run(tmp_path):
     from medxp.tracking.null import NullTracker
-    from medxp.tracking.records import record_context
+    from medxp.recording import record_context
 
     config = config_for("covid_radiography", make_covid(tmp_path / "covid", per_class=10))
     data, tracker = create_datamodule(config), NullTracker()

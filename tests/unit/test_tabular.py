@@ -54,6 +54,29 @@ def test_standardisation_is_fitted_on_the_train_split_only(fetal):
     assert not np.allclose(data.feature_mean, data.datasets["test"].images.numpy().mean(0), atol=1e-2)
 
 
+def test_the_tabular_module_carries_its_modality(fetal):
+    data = create_datamodule(fetal)
+    assert data.input_statistics(fetal.dataset) == (data.feature_mean, data.feature_std)
+    assert not data.explainable
+    rows = data.datasets["train"].images.numpy()[:10]
+    train_transform, valid_transform, fields = data.fold_transforms(rows)
+    assert train_transform is valid_transform and np.allclose(fields["feature_mean"], rows.mean(0), atol=1e-4)
+    assert torch.allclose(train_transform(torch.from_numpy(rows)).mean(0), torch.zeros(21), atol=1e-4)
+
+
+def test_modalities_are_a_registry_that_create_datamodule_follows(fetal, monkeypatch):
+    from medxp.data.datamodule import MODALITIES, Modality
+
+    assert MODALITIES.names() == ["image", "tabular"]
+    assert not MODALITIES.get("tabular").audited and MODALITIES.get("image").audited
+    built = []
+    plugged = Modality(lambda config, prior: built.append(config) or "rows", audited=False, one_file=True)
+    monkeypatch.setitem(MODALITIES._entries, "plugged_in", plugged)  # a modality a later module registers
+    config = load_project("fetal_health", {"dataset.modality": "plugged_in"})
+
+    assert create_datamodule(config) == "rows" and built == [config]
+
+
 def test_mlp_trains_and_evaluates_through_the_ordinary_pipeline(fetal):
     result = run_experiment(fetal, NullTracker(), log_model=False, progress=False)
     assert set(result.evaluations) == {"valid", "test"}

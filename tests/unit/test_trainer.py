@@ -123,7 +123,7 @@ def same_weights(model, state) -> bool:
 def test_restore_best_false_keeps_the_last_epochs_weights(tiny_config, monkeypatch, restore_best, kept_epoch):
     from medxp.data import create_datamodule
     from medxp.models import create_model
-    from medxp.tracking.records import record_fit
+    from medxp.recording import record_fit
 
     monkeypatch.setattr(Trainer, "_validate", scripted_validation([0.5, 0.3, 0.9]))  # best is epoch 2, last is worse
     config = tiny_config.replace({"train.epochs": 3, "train.patience": 0, "train.restore_best": restore_best})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +13,8 @@ from medxp.data import create_datamodule
 from medxp.data.transforms import create_transforms
 from medxp.errors import MedxpError
 from medxp.models import create_model
-from medxp.training.optim import class_weight_tensor, create_loss, create_optimizer, create_schedule, oversampler, \
-    ratio_sampler
+from medxp.training.optim import SCHEDULERS, class_weight_tensor, create_loss, create_optimizer, create_schedule, \
+    oversampler, ratio_sampler
 from medxp.training.trainer import Trainer
 
 IMBALANCED = np.array([0] * 90 + [1] * 10)
@@ -67,6 +69,14 @@ def test_schedules_step_and_change_the_learning_rate(scheduler, warmup):
         schedule.step_epoch(1.0)  # a flat monitored value: plateau must cut the lr
         rates.append(optimizer.param_groups[0]["lr"])
     assert len(set(np.round(rates, 12))) > 1
+
+
+def test_schedules_are_the_scheduler_registry_and_a_miss_lists_them():
+    assert SCHEDULERS.names() == ["cosine", "none", "onecycle", "plateau"]
+    config = dataclasses.replace(load_project("glaucoma").train, scheduler="step")  # past config validation
+    optimizer = create_optimizer(torch.nn.Linear(2, 2).parameters(), config)
+    with pytest.raises(MedxpError, match="unknown scheduler 'step'; valid: cosine, none, onecycle, plateau"):
+        create_schedule(optimizer, config, steps_per_epoch=3)
 
 
 def test_frozen_parameters_are_not_given_to_the_optimizer():

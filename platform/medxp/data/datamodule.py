@@ -5,6 +5,10 @@ split; the decoded-image cache (medxp.data.cache) decodes each split once per ma
 With `audit.on_leak` set the splits are audited first (medxp.data.audit); a search audits
 once on its driver (`prior_audit`) and hands that audit to every trial, which applies the
 policy to it instead of scanning the whole data set again.
+
+`dataset.modality` names a `Modality` in `MODALITIES`: how a data set of that kind (images
+here, feature rows in medxp.data.tabular) becomes a data module, whether it is audited, and
+whether its data may be one file. What differs once the module exists, its subclass carries.
 """
 
 from __future__ import annotations
@@ -12,13 +16,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from medxp.config import ExperimentConfig, resolve_data_dir
+from medxp.config import DatasetSpec, ExperimentConfig, resolve_data_dir
 from medxp.data import medmnist  # noqa: F401  (registers the medmnist source)
 from medxp.data.cache import split_images
 from medxp.data.folds import LabelledFiles
@@ -31,8 +35,8 @@ from medxp.registry import Registry
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ARRAY_SOURCES", "LAYOUTS", "DEMO_GENERATORS", "ArrayDataset", "DataModule", "PriorAudit",
-           "create_datamodule", "ensure_data", "prior_audit"]
+__all__ = ["ARRAY_SOURCES", "LAYOUTS", "DEMO_GENERATORS", "MODALITIES", "ArrayDataset", "DataModule", "Modality",
+           "PriorAudit", "create_datamodule", "ensure_data", "prior_audit"]
 
 DEMO_GENERATORS: Registry[Callable[[Path, ExperimentConfig], Path]] = Registry("demo data generator")
 
@@ -71,8 +75,12 @@ class DataModule:
     """Train/valid/test datasets plus what a run must record about them.
 
     `files` lists each split's image files (empty for array sources such as MedMNIST);
-    `split_hash` identifies which item went to which split.
+    `split_hash` identifies which item went to which split. This class holds images; what
+    differs for another modality (input statistics, refitting on a fold, explanations) its
+    subclass overrides (medxp.data.tabular.TabularDataModule).
     """
+
+    explainable: ClassVar[bool] = True  # LIME image explanations (medxp.explain) apply
 
     class_names: tuple[str, ...]
     datasets: dict[str, ArrayDataset]
@@ -95,6 +103,15 @@ class DataModule:
         counts = np.bincount(self.datasets[split].labels.numpy(), minlength=len(self.class_names))
         return {name: int(n) for name, n in zip(self.class_names, counts)}
 
+    def input_statistics(self, spec: DatasetSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) an inference model normalises its inputs with: the spec's, per channel."""
+        return spec.mean, spec.std
+
+    def fold_transforms(self, train_rows: np.ndarray) -> tuple[Callable | None, Callable | None, dict]:
+        """(train transform, valid transform, fields to replace) for a cross-validation fold whose
+        train split is `train_rows`: images keep their transforms, which learn nothing from the data."""
+        return self.datasets["train"].transform, self.datasets["valid"].transform, {}
+
 
 @dataclass(frozen=True)
 class PriorAudit:
@@ -112,13 +129,31 @@ class PriorAudit:
         return self.key == _audit_key(source, config)
 
 
+@dataclass(frozen=True)
+class Modality:
+    """One kind of data set (`dataset.modality`): how it becomes a data module, and what applies to it.
+
+    Attributes:
+        create: `(config, prior audit) -> DataModule`; finds (or generates) the data and reads it.
+        audited: Whether the leak audit (`audit.on_leak`) applies: duplicate images across splits.
+        one_file: Whether the data may be a single file (`data_dir=` the file itself).
+    """
+
+    create: Callable[[ExperimentConfig, PriorAudit | None], DataModule]
+    audited: bool
+    one_file: bool
+
+
+MODALITIES: Registry[Modality] = Registry("data modality")
+
+
 def prior_audit(config: ExperimentConfig) -> PriorAudit | None:
     """The audit `create_datamodule(config)` would make, made now to hand to many runs; None if `audit.on_leak` is off.
 
     The policy is not applied here: the caller applies `leak_policy` once (a `fail` refuses
     before any run starts), and each run applies it again to this report (`drop`, `warn`).
     """
-    if config.audit.on_leak == "off" or config.dataset.modality == "tabular":
+    if config.audit.on_leak == "off" or not MODALITIES.get(config.dataset.modality).audited:
         return None  # create_datamodule does not audit these either
     source = read_source(ensure_data(config), config)
     return PriorAudit(audit_source(source, config), _audit_key(source, config))
@@ -129,17 +164,18 @@ def _audit_key(source, config: ExperimentConfig) -> str:
 
 
 def create_datamodule(config: ExperimentConfig, prior: PriorAudit | None = None) -> DataModule:
-    """Finds (or, for the demo, generates) the data, reads its source, loads every split's pixels once.
+    """Finds (or, for the demo, generates) the data and builds the data module of its `dataset.modality`.
 
     Args:
         config: The resolved config.
         prior: An audit already made of these splits (`prior_audit`, on a search's driver): with
             `audit.on_leak` set, its report is used instead of auditing again.
     """
-    if config.dataset.modality == "tabular":
-        from medxp.data.tabular import create_tabular_datamodule  # imports this module
+    return MODALITIES.get(config.dataset.modality).create(config, prior)
 
-        return create_tabular_datamodule(config)
+
+def create_image_datamodule(config: ExperimentConfig, prior: PriorAudit | None = None) -> DataModule:
+    """Reads the images' source, audits it where `audit.on_leak` asks, loads every split's pixels once."""
     root = ensure_data(config)
     source = read_source(root, config)
     spec = config.dataset
@@ -163,6 +199,9 @@ def create_datamodule(config: ExperimentConfig, prior: PriorAudit | None = None)
     if module.synthetic:
         log.warning("DEMO DATA: %s is GENERATED synthetic data, not real patients", root)
     return module
+
+
+MODALITIES.register("image")(Modality(create_image_datamodule, audited=True, one_file=False))
 
 
 def _report_for(source, config: ExperimentConfig, prior: PriorAudit | None):
@@ -200,7 +239,7 @@ def ensure_data(config: ExperimentConfig) -> Path:
             raise MedxpError(f"{root}: data folder not found, and dataset '{config.dataset.name}' has no demo "
                              f"data generator; put the data there or pass data_dir=")
         return DEMO_GENERATORS.get(generator)(root, config)
-    if root.is_file() and (config.dataset.layout in ARRAY_SOURCES or config.dataset.modality == "tabular"):
+    if root.is_file() and (config.dataset.layout in ARRAY_SOURCES or MODALITIES.get(config.dataset.modality).one_file):
         return root
     if not root.is_dir():
         raise MedxpError(f"{root}: data folder not found (data.demo={demo}); expected the "

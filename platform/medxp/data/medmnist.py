@@ -8,7 +8,6 @@ images are decompressed when the decoded-image cache asks for them (once per siz
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from medxp.config import ExperimentConfig
 from medxp.data.images import pixels_for_spec
 from medxp.data.sources import ARRAY_SOURCES, SourceData, SplitData
 from medxp.errors import MedxpError
+from medxp.hashing import file_sha256
 
 # medxp split -> npz key prefix.
 SPLIT_PREFIXES = {"train": "train", "valid": "val", "test": "test"}
@@ -51,7 +51,7 @@ def read_medmnist(root: Path, config: ExperimentConfig) -> SourceData:
     shapes = array_shapes(path)
     splits = {split: _read_split(path, prefix, shapes, len(spec.class_names))
               for split, prefix in SPLIT_PREFIXES.items()}
-    fingerprint = file_digest(path)
+    fingerprint = file_sha256(path)[:16]  # the data fingerprint of an array file
     status = path.stat()
     return SourceData(splits, fingerprint, f"{fingerprint}-{status.st_size}-{status.st_mtime_ns}")
 
@@ -129,12 +129,3 @@ def convert_images(images: np.ndarray, image_size: int, channels: int, out: np.n
         pil = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
         out[index] = pixels_for_spec(pil, image_size, channels)
     return out
-
-
-def file_digest(path: Path) -> str:
-    """A short SHA-256 of the file's bytes: the data fingerprint of an array file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]

@@ -1,9 +1,11 @@
 """Data sources: each reads one publisher's layout as it ships and says which image goes to which split.
 
-Two string-keyed registries, both selected by `dataset.layout`:
+Three string-keyed registries, all selected by `dataset.layout` (`layout_names` lists them together,
+the values config validation accepts):
 
 - `LAYOUTS`: folder layouts; `(root, config) -> {"train": [(path, label), ...], "valid": ..., "test": ...}`.
 - `ARRAY_SOURCES`: sources whose pixels are already arrays (MedMNIST npz); `(root, config) -> SourceData`.
+- `TABLE_LAYOUTS`: where a tabular data set's file lies (`csv`, medxp.data.tabular); `(root, spec) -> Path`.
 
 `read_source` turns either into a `SourceData`: per split the labels, stable item names
 (for the split hash) and a `decode` function that the decoded-image cache calls at most
@@ -62,6 +64,12 @@ class SourceData:
 
 LAYOUTS: Registry[Callable[[Path, ExperimentConfig], dict[str, LabelledFiles]]] = Registry("data layout")
 ARRAY_SOURCES: Registry[Callable[[Path, ExperimentConfig], SourceData]] = Registry("array data source")
+TABLE_LAYOUTS: Registry[Callable[[Path, DatasetSpec], Path]] = Registry("table data layout")
+
+
+def layout_names() -> list[str]:
+    """Every value `dataset.layout` may take: the folder layouts, array sources and table layouts, sorted."""
+    return sorted({*LAYOUTS, *ARRAY_SOURCES, *TABLE_LAYOUTS})
 
 
 def read_source(root: Path, config: ExperimentConfig) -> SourceData:

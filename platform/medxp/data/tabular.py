@@ -1,6 +1,6 @@
 """The tabular (CSV) source: numeric feature columns and a target column, split stratified and standardised.
 
-Used when `dataset.modality` is `tabular` (layout `csv`), e.g. the fetal-health study.
+The `tabular` modality (`dataset.modality`, layout `csv`), e.g. the fetal-health study.
 The CSV is read as published: `dataset.feature_columns` must all be numeric, the
 target column (`dataset.target_column`) holds either the class names or the numbers in
 `dataset.class_values` (fetal_health: 1, 2, 3). Rows are split stratified by label in
@@ -17,20 +17,22 @@ model can take raw features.
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from medxp.config import DatasetSpec, ExperimentConfig
-from medxp.data.datamodule import ArrayDataset, DataModule, ensure_data
+from medxp.data.datamodule import MODALITIES, ArrayDataset, DataModule, Modality, PriorAudit, ensure_data
+from medxp.data.sources import TABLE_LAYOUTS
 from medxp.data.splits import split_hash, split_three
 from medxp.data.synthetic import is_generated
 from medxp.errors import MedxpError
+from medxp.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +69,25 @@ class TabularDataModule(DataModule):
     `feature_mean` and `feature_std` are what an inference model applies to raw features.
     """
 
+    explainable: ClassVar[bool] = False  # LIME here explains images, not feature rows
+
     feature_columns: tuple[str, ...] = ()
     feature_mean: tuple[float, ...] = ()
     feature_std: tuple[float, ...] = ()
 
+    def input_statistics(self, spec: DatasetSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) per feature, fitted on the train split: a logged model takes raw features."""
+        return self.feature_mean, self.feature_std
 
+    def fold_transforms(self, train_rows: np.ndarray) -> tuple[Standardize, Standardize, dict]:
+        """The standardisation refitted on a fold's train rows, so no statistic comes from the rows it
+        validates on; with the fields (`feature_mean`, `feature_std`) the fold's module replaces."""
+        standardize = Standardize.fit(train_rows)
+        return standardize, standardize, {"feature_mean": tuple(standardize.mean.tolist()),
+                                          "feature_std": tuple(standardize.std.tolist())}
+
+
+@TABLE_LAYOUTS.register("csv")
 def find_csv(root: Path, spec: DatasetSpec) -> Path:
     """`root` itself when it is a file, else `<dataset name>.csv` (or the only CSV) inside it.
 
@@ -122,7 +138,8 @@ def read_table(path: Path, spec: DatasetSpec) -> Table:
 def create_tabular_datamodule(config: ExperimentConfig) -> TabularDataModule:
     """Reads the CSV, splits it stratified, and standardises with train-split statistics."""
     spec = config.dataset
-    table = read_table(find_csv(ensure_data(config), spec), spec)  # ensure_data: the demo, where wanted
+    path = TABLE_LAYOUTS.get(spec.layout)(ensure_data(config), spec)  # ensure_data: the demo, where wanted
+    table = read_table(path, spec)
     indices = split_three(table.labels, config.data.split_fractions, config.data.split_seed, what=str(table.path))
     standardize = Standardize.fit(table.features[indices["train"]])
     datasets = {split: ArrayDataset(table.features[rows], table.labels[rows], standardize)
@@ -130,7 +147,7 @@ def create_tabular_datamodule(config: ExperimentConfig) -> TabularDataModule:
     if is_generated(table.path.parent):
         log.warning("DEMO DATA: %s is GENERATED synthetic data, not real patients", table.path)
     return TabularDataModule(
-        class_names=spec.class_names, datasets=datasets, root=table.path, fingerprint=file_fingerprint(table.path),
+        class_names=spec.class_names, datasets=datasets, root=table.path, fingerprint=file_sha256(table.path)[:16],
         synthetic=is_generated(table.path.parent), num_workers=config.data.num_workers,
         split_hash=split_hash({split: [f"row{i}" for i in rows] for split, rows in indices.items()}),
         feature_columns=spec.feature_columns, feature_mean=tuple(standardize.mean.tolist()),
@@ -138,9 +155,11 @@ def create_tabular_datamodule(config: ExperimentConfig) -> TabularDataModule:
     )
 
 
-def file_fingerprint(path: Path) -> str:
-    """A short SHA-256 of the file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+def _create(config: ExperimentConfig, prior: PriorAudit | None) -> TabularDataModule:
+    return create_tabular_datamodule(config)  # `prior` is an image audit: feature rows are not audited
+
+
+MODALITIES.register("tabular")(Modality(_create, audited=False, one_file=True))
 
 
 def _number(text: str | None, path: Path, column: str, line: int) -> float:

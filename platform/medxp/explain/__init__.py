@@ -8,7 +8,6 @@ demo data) the optic disc check through a tracker. See ``lime_images``,
 
 from medxp.explain.grid import ExplanationRecord, explanation_grid, method_figure, select_examples
 from medxp.explain.lime_images import (
-    METHODS,
     BatchedLimeImageExplainer,
     Explanation,
     disc_weight_share,
@@ -20,7 +19,6 @@ from medxp.explain.report import ExplainSummary, disc_circles, explain_model
 from medxp.explain.segmentation import SEGMENTATIONS, create_segmenter, kmeans_segments
 
 __all__ = [
-    "METHODS",
     "SEGMENTATIONS",
     "BatchedLimeImageExplainer",
     "ExplainSummary",

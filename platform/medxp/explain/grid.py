@@ -18,7 +18,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from medxp.errors import MedxpError
-from medxp.explain.lime_images import METHODS, Explanation, explain_image, predict_probabilities
+from medxp.explain.lime_images import Explanation, explain_image, predict_probabilities
+from medxp.explain.segmentation import SEGMENTATIONS
 
 CELL_INCHES = 2.1
 HEATMAP_COLOURS = "RdYlGn"  # red opposes, green supports: the overlay's colours
@@ -65,7 +66,7 @@ class ExplanationRecord:
 
 
 def explanation_grid(model: Callable[[torch.Tensor], torch.Tensor], images: Any, labels: Any,
-                     class_names: Sequence[str], *, per_class: int = 2, methods: Sequence[str] = METHODS,
+                     class_names: Sequence[str], *, per_class: int = 2, methods: Sequence[str] | None = None,
                      num_samples: int = 1000, seed: int = 0, batch_size: int | None = None,
                      image_ids: Sequence[str] | None = None, hide_color: float | None = None,
                      ) -> tuple[Figure, list[ExplanationRecord]]:
@@ -81,7 +82,7 @@ def explanation_grid(model: Callable[[torch.Tensor], torch.Tensor], images: Any,
         labels: (N,) true class indices.
         class_names: Name of each class index.
         per_class: Images to show per class.
-        methods: Segmentations to compare ("quickshift", "slic", "kmeans").
+        methods: Segmentations to compare; None: every registered one (quickshift, slic, kmeans).
         num_samples: LIME perturbations per explanation.
         seed: Seeds LIME and the segmentations.
         batch_size: Images per forward pass; None picks one from the image size.
@@ -95,6 +96,7 @@ def explanation_grid(model: Callable[[torch.Tensor], torch.Tensor], images: Any,
         MedxpError: mismatched images and labels, no methods, or a bad argument.
     """
     images, labels = _as_uint8_images(images), np.asarray(labels, dtype=np.int64).reshape(-1)
+    methods = SEGMENTATIONS.in_registration_order() if methods is None else tuple(methods)
     _check_grid_inputs(images, labels, class_names, per_class, methods, image_ids)
     probabilities = predict_probabilities(model, torch.from_numpy(images).float() / 255.0, batch_size)
     if probabilities.shape[1] != len(class_names):
@@ -241,7 +243,8 @@ def _check_grid_inputs(images: np.ndarray, labels: np.ndarray, class_names: Sequ
     if per_class < 1:
         raise MedxpError(f"explanation_grid: per_class = {per_class}; expected at least 1")
     if not methods:
-        raise MedxpError("explanation_grid: methods is empty; expected some of " + ", ".join(METHODS))
+        raise MedxpError("explanation_grid: methods is empty; expected some of "
+                         + ", ".join(SEGMENTATIONS.in_registration_order()))
 
 
 def _rounded(value: float | None) -> float | None:

@@ -34,7 +34,6 @@ from medxp.explain.segmentation import create_segmenter
 log = logging.getLogger(__name__)
 
 ClassifierFn = Callable[[np.ndarray], np.ndarray]
-METHODS = ("quickshift", "slic", "kmeans")
 # Pixels per forward pass when no batch size is given: 64 images at 64 px, 5 at 224 px.
 # On 2 CPU cores small_cnn ran fastest per image with batches of about 0.25 Mpixel, whose
 # activations stay in cache: 256 images at 64 px, or 40 at 224 px, were 2x slower.

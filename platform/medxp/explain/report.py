@@ -24,7 +24,8 @@ from medxp.data import DataModule
 from medxp.data.synthetic import GEOMETRY_FILE, read_geometry
 from medxp.errors import MedxpError
 from medxp.explain.grid import ExplanationRecord, explanation_grid, method_figure
-from medxp.explain.lime_images import METHODS, disc_weight_share
+from medxp.explain.lime_images import disc_weight_share
+from medxp.explain.segmentation import SEGMENTATIONS
 from medxp.tracking.base import Tracker
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class ExplainSummary:
 
 def explain_model(model: Callable[[torch.Tensor], torch.Tensor], data: DataModule, config: ExperimentConfig,
                   tracker: Tracker, *, split: str = "test", per_class: int = 2, num_samples: int = 1000,
-                  methods: Sequence[str] = METHODS, seed: int | None = None,
+                  methods: Sequence[str] | None = None, seed: int | None = None,
                   batch_size: int | None = None) -> ExplainSummary:
     """Explains a few images of one split with LIME and logs the results.
 
@@ -80,7 +81,7 @@ def explain_model(model: Callable[[torch.Tensor], torch.Tensor], data: DataModul
         split: Which split's images to explain.
         per_class: Images per class (correct and wrong ones where there are both).
         num_samples: LIME perturbations per explanation.
-        methods: Segmentations to compare.
+        methods: Segmentations to compare; None: every registered one.
         seed: Seeds LIME; ``config.train.seed`` when None.
         batch_size: Images per forward pass; None picks one from the image size.
 
@@ -94,6 +95,7 @@ def explain_model(model: Callable[[torch.Tensor], torch.Tensor], data: DataModul
     if split not in data.datasets:
         raise MedxpError(f"explain_model: split '{split}' not in the data; expected one of {', '.join(data.datasets)}")
     dataset = data.datasets[split]
+    methods = SEGMENTATIONS.in_registration_order() if methods is None else tuple(methods)
     image_ids = [path.stem for path, _ in data.files.get(split, [])] or None
     grid, records = explanation_grid(model, dataset.images, dataset.labels, config.dataset.class_names,
                                      per_class=per_class, methods=methods, num_samples=num_samples,

@@ -16,6 +16,11 @@ way Optuna's FAQ suggests) and asks again; the twin takes no Tune trial and no e
 twin of a trial still training waits (RUNNING in the study) and takes its outcome when it ends.
 When the sampler proposes nothing new `MAX_REDRAWS` times in a row, the space is taken
 as exhausted and the search ends.
+
+Ray offers no public hook for what these classes change, so they use a few of its internals:
+ASHA's `_brackets`, `_trial_info` and each bracket's `_rungs`; OptunaSearch's `_setup_study`,
+`_ot_study` and `_ot_trials`. tests/unit/test_library_contracts.py pins each of them, so an upgrade
+that changes one fails there rather than silently here.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class PruningScheduler(AsyncHyperBandScheduler):
                          reduction_factor=reduction_factor, stop_last_trials=False)
         self.pruned: set[str] = set()
         self.revisit_rungs = revisit_rungs
+        self.max_t = max_t
 
     def seed_rungs(self, study: optuna.Study) -> None:
         """Fills the rungs with the study's earlier trials, so that a resumed search prunes against them too."""
@@ -110,11 +116,11 @@ class PruningScheduler(AsyncHyperBandScheduler):
         most of the way to its full result is worth its last epochs more than stopping it saves.
         """
         bracket = self._trial_info.get(trial_id)
-        next_milestone = self._max_t
+        next_milestone = self.max_t
         for milestone, recorded in bracket._rungs if bracket else ():  # highest milestone first
             if epoch >= milestone:
-                last_stretch = next_milestone >= self._max_t
-                if trial_id not in recorded or (last_stretch and epoch - milestone > (self._max_t - milestone) / 2):
+                last_stretch = next_milestone >= self.max_t
+                if trial_id not in recorded or (last_stretch and epoch - milestone > (self.max_t - milestone) / 2):
                     return False
                 cutoff = bracket.cutoff(recorded)
                 return cutoff is not None and recorded[trial_id] < cutoff
@@ -135,15 +141,25 @@ class StudySearcher(OptunaSearch):
 
     def __init__(self, space: Callable, study: optuna.Study, scheduler: PruningScheduler,
                  on_outcome: Callable[[TrialOutcome], None], rerun_duplicates: bool = False) -> None:
+        self._study = study  # before OptunaSearch's __init__, whose `_setup_study` takes it
         super().__init__(space=space, metric=OBJECTIVE, mode="max", sampler=study.sampler,
-                         study_name=study.study_name, storage=study._storage)
-        self._ot_study = study
+                         study_name=study.study_name)
         self._scheduler = scheduler
         self._on_outcome = on_outcome
         self._last_results: dict[str, dict] = {}
         self._reported_epochs: dict[str, set[int]] = {}
         self._rerun_duplicates = rerun_duplicates
         self._waiting_twins: dict[int, list[optuna.Trial]] = {}  # running trial's number -> its twins
+        self._ended: set[str] = set()  # Tune ids of the trials told to the study
+
+    @property
+    def study(self) -> optuna.Study:
+        """The study trials are asked from and told to."""
+        return self._study
+
+    def _setup_study(self, mode: str) -> None:
+        """Asks from and tells the study medxp opened (OptunaSearch would create or load one of its own)."""
+        self._ot_study = self._study
 
     def suggest(self, trial_id: str) -> dict | str | None:
         for _ in range(MAX_REDRAWS):
@@ -167,7 +183,7 @@ class StudySearcher(OptunaSearch):
 
     def _finished_twin(self, params: dict[str, Any]) -> optuna.trial.FrozenTrial | None:
         """The first trained trial that finished (complete or pruned) with exactly these parameters."""
-        for trial in trained_trials(self._ot_study):
+        for trial in trained_trials(self._study):
             if trial.params == params:
                 return trial
         return None
@@ -175,7 +191,7 @@ class StudySearcher(OptunaSearch):
     def _running_twin(self, trial_id: str, params: dict[str, Any]) -> int | None:
         """The study number of a trial of this search still training with exactly these parameters."""
         for other_id, trial in self._ot_trials.items():
-            if other_id != trial_id and other_id not in self._completed_trials and trial.params == params:
+            if other_id != trial_id and other_id not in self._ended and trial.params == params:
                 return trial.number
         return None
 
@@ -184,14 +200,14 @@ class StudySearcher(OptunaSearch):
         waiting = self._waiting_twins.pop(number, [])
         if not waiting:
             return
-        ended = self._ot_study.get_trials(deepcopy=False)[number]
+        ended = self._study.get_trials(deepcopy=False)[number]
         for ot_trial in waiting:
             if ended.state in FINISHED_STATES:
                 self._record_twin(ot_trial, ended)
             else:
                 ot_trial.set_user_attr(DUPLICATE_OF, number)
                 ot_trial.set_user_attr("reason", f"same parameters as trial {number}, which failed")
-                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+                self._study.tell(ot_trial, state=TrialState.FAIL)
 
     def _record_twin(self, ot_trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> None:
         """Tells the study `ot_trial` ended as `twin` did, without training it (0 epochs, no MLflow run)."""
@@ -203,7 +219,7 @@ class StudySearcher(OptunaSearch):
             if key in twin.user_attrs:
                 ot_trial.set_user_attr(key, twin.user_attrs[key])
         ot_trial.set_user_attr("reason", f"same parameters as trial {twin.number}: its outcome, not trained again")
-        self._ot_study.tell(ot_trial, twin.value if twin.state == TrialState.COMPLETE else None, state=twin.state)
+        self._study.tell(ot_trial, twin.value if twin.state == TrialState.COMPLETE else None, state=twin.state)
         log.info("trial %d repeats trial %d's parameters: recorded %s from it, not trained again", ot_trial.number,
                  twin.number, twin.state.name.lower())
 
@@ -213,7 +229,7 @@ class StudySearcher(OptunaSearch):
             self._report_epoch(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._ended or trial_id not in self._ot_trials:
             return
         result = result or self._last_results.get(trial_id) or {}
         ot_trial = self._ot_trials[trial_id]
@@ -227,8 +243,8 @@ class StudySearcher(OptunaSearch):
                 ot_trial.set_user_attr(key if key != EPOCH else "epochs", result[key])
         if reason:
             ot_trial.set_user_attr("reason", reason)
-        self._ot_study.tell(ot_trial, value, state=state)
-        self._completed_trials.add(trial_id)
+        self._study.tell(ot_trial, value, state=state)
+        self._ended.add(trial_id)
         self._settle_waiting_twins(ot_trial.number)
         log.debug("trial %d %s after %s epoch(s)%s", ot_trial.number, state.name.lower(), result.get(EPOCH, 0),
                   f": {OBJECTIVE} {value:.4f}" if value is not None else (f" ({reason})" if reason else ""))
@@ -287,15 +303,18 @@ def create_sampler(settings: SearchConfig, previous_trials: int) -> optuna.sampl
 
 
 def open_study(name: str, storage: str, settings: SearchConfig) -> optuna.Study:
-    """Creates or loads the study `name`; trials a killed search left RUNNING are marked FAIL."""
+    """Creates or loads the study `name`; trials a killed search left RUNNING (or WAITING) are marked FAIL."""
     storage_object = optuna.storages.RDBStorage(storage)
     existing = optuna.study.get_all_study_names(storage_object)
     previous = len(optuna.load_study(study_name=name, storage=storage_object).trials) if name in existing else 0
     study = optuna.create_study(study_name=name, storage=storage_object, direction="maximize",
                                 sampler=create_sampler(settings, previous), load_if_exists=True)
+    study_id = storage_object.get_study_id_from_name(name)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        study._storage.set_trial_user_attr(trial._trial_id, "reason", "left running by an interrupted search")
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        # The storage's own (public) methods: `study.tell` refuses a WAITING trial and sets no user attribute.
+        trial_id = storage_object.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage_object.set_trial_user_attr(trial_id, "reason", "left running by an interrupted search")
+        storage_object.set_trial_state_values(trial_id, TrialState.FAIL)
         log.warning("study %s: trial %d was left running by an interrupted search; marked FAIL", name, trial.number)
     return study
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -14,7 +14,8 @@ from torch.utils.data import WeightedRandomSampler
 from medxp.config import TrainConfig
 from medxp.registry import Registry
 
-OPTIMIZERS: Registry = Registry("optimizer")
+# Each builder is `(trainable parameters, config) -> optimizer`; `train.optimizer` names one.
+OPTIMIZERS: Registry[Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer]] = Registry("optimizer")
 OPTIMIZERS.register("adam")(lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
 OPTIMIZERS.register("adamw")(lambda params, cfg: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
 OPTIMIZERS.register("sgd")(lambda params, cfg: torch.optim.SGD(
@@ -52,24 +53,53 @@ class Schedule:
         self.scheduler.step(monitored) if self.on_metric else self.scheduler.step()
 
 
+# Each builder is `(optimizer, config, steps_per_epoch) -> Schedule`; `train.scheduler` names one.
+SCHEDULERS: Registry[Callable[[torch.optim.Optimizer, TrainConfig, int], Schedule]] = Registry("scheduler")
+
+
 def create_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> Schedule:
-    """`none`, `cosine`, `onecycle` or `plateau`; `warmup_epochs` ramps the lr up linearly first."""
-    lr = torch.optim.lr_scheduler
-    if config.scheduler == "onecycle":
-        return Schedule(lr.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch,
-                                      pct_start=max(config.warmup_epochs / config.epochs, 0.05)), per_batch=True)
-    if config.scheduler == "plateau":
-        mode = "min" if config.monitor.endswith("loss") else "max"
-        return Schedule(lr.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5, patience=max(config.patience // 2, 1)),
-                        on_metric=True)
-    main = lr.CosineAnnealingLR(optimizer, T_max=config.epochs - config.warmup_epochs) \
-        if config.scheduler == "cosine" else None
+    """The registered `train.scheduler` (`none`, `cosine`, `onecycle`, `plateau`) over `optimizer`."""
+    return SCHEDULERS.get(config.scheduler)(optimizer, config, steps_per_epoch)
+
+
+@SCHEDULERS.register("none")
+def constant_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> Schedule:
+    """A constant lr, after a linear ramp over `train.warmup_epochs` when set."""
+    return _after_warmup(optimizer, config, None)
+
+
+@SCHEDULERS.register("cosine")
+def cosine_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> Schedule:
+    """Cosine annealing per epoch down to 0, after a linear ramp over `train.warmup_epochs` when set."""
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs - config.warmup_epochs)
+    return _after_warmup(optimizer, config, cosine)
+
+
+@SCHEDULERS.register("onecycle")
+def one_cycle_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> Schedule:
+    """One cycle per batch peaking at `train.lr`; the warmup epochs set its rising share (at least 5%)."""
+    return Schedule(torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch,
+        pct_start=max(config.warmup_epochs / config.epochs, 0.05)), per_batch=True)
+
+
+@SCHEDULERS.register("plateau")
+def plateau_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> Schedule:
+    """Halves the lr when `train.monitor` stalls for half the patience (at least one epoch)."""
+    mode = "min" if config.monitor.endswith("loss") else "max"
+    return Schedule(torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode=mode, factor=0.5, patience=max(config.patience // 2, 1)), on_metric=True)
+
+
+def _after_warmup(optimizer: torch.optim.Optimizer, config: TrainConfig, main: object | None) -> Schedule:
+    """`main` (None: a constant lr) preceded by a linear ramp from 10% over `train.warmup_epochs`."""
     if not config.warmup_epochs:
         return Schedule(main)
-    warmup = lr.LinearLR(optimizer, start_factor=0.1, total_iters=config.warmup_epochs)
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=config.warmup_epochs)
     if main is None:
         return Schedule(warmup)
-    return Schedule(lr.SequentialLR(optimizer, [warmup, main], milestones=[config.warmup_epochs]))
+    return Schedule(torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, main],
+                                                          milestones=[config.warmup_epochs]))
 
 
 def class_weight_tensor(config: TrainConfig, train_labels: np.ndarray, num_classes: int) -> torch.Tensor | None:

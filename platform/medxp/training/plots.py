@@ -1,5 +1,8 @@
 """Figures of a run's results: confusion matrix, learning curves, ROC curves, reliability diagrams.
 
+The confusion matrix and ROC curves are scikit-learn's displays (`ConfusionMatrixDisplay`,
+`RocCurveDisplay`) drawn on medxp's axes; medxp adds the cell text (count and row percentage),
+the operating-point marker and its titles and labels.
 Each function returns a :class:`matplotlib.figure.Figure` and saves nothing;
 callers write it (``figure.savefig(path)``) or log it (``mlflow.log_figure``).
 Figures are built with the object-oriented API, not ``pyplot``: they need no
@@ -16,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import auc, roc_curve
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 from medxp.errors import MedxpError
 
@@ -51,13 +54,16 @@ def confusion_matrix_figure(
     row_fractions = _row_fractions(counts)
     n_classes = len(class_names)
     side = max(4.5, 0.75 * n_classes + 2.5)
-    figure = Figure(figsize=(side + 1.0, side), layout="constrained")
+    title_width = 0.075 * max(len(line) for line in title.splitlines() or [""]) + 2.0  # ~0.075 in a character
+    figure = Figure(figsize=(max(side + 1.0, title_width), side), layout="constrained")
     axes = figure.add_subplot()
     colour_values = row_fractions if normalize else counts
     colour_max = 1 if normalize else max(counts.max(), 1)
-    image = axes.imshow(colour_values, cmap="Blues", vmin=0, vmax=colour_max)
-    figure.colorbar(image, ax=axes, label="fraction of true class" if normalize else "cases")
-    _annotate_cells(axes, counts, row_fractions, colour_values / colour_max, normalize)
+    display = ConfusionMatrixDisplay(colour_values, display_labels=[str(name) for name in class_names])
+    display.plot(ax=axes, cmap="Blues", colorbar=True, im_kw={"vmin": 0, "vmax": colour_max},
+                 text_kw={"fontsize": _cell_font_size(n_classes)})
+    display.im_.colorbar.set_label("fraction of true class" if normalize else "cases")
+    _write_cells(display, counts, row_fractions, normalize)
     _label_confusion_axes(axes, class_names)
     axes.set_title(title)
     return figure
@@ -212,20 +218,25 @@ def _row_fractions(counts: np.ndarray) -> np.ndarray:
     return np.divide(counts, row_totals, out=np.zeros(counts.shape), where=row_totals > 0)
 
 
-def _annotate_cells(
-    axes: Axes, counts: np.ndarray, row_fractions: np.ndarray, shade: np.ndarray, normalize: bool
-) -> None:
-    """Writes the count and row percentage in each cell, white on dark cells."""
-    n_classes = counts.shape[0]
-    font_size = 11 if n_classes <= 4 else 9 if n_classes <= 7 else 7.5
-    for true_label in range(n_classes):
-        for predicted_label in range(n_classes):
-            count = counts[true_label, predicted_label]
-            percent = f"{100 * row_fractions[true_label, predicted_label]:.1f}%"
-            text = f"{percent}\n({count})" if normalize else f"{count}\n({percent})"
-            colour = "white" if shade[true_label, predicted_label] > 0.55 else "black"
-            axes.text(predicted_label, true_label, text, ha="center", va="center",
-                      color=colour, fontsize=font_size)
+def _cell_font_size(n_classes: int) -> float:
+    return 11 if n_classes <= 4 else 9 if n_classes <= 7 else 7.5
+
+
+def _write_cells(display: ConfusionMatrixDisplay, counts: np.ndarray, row_fractions: np.ndarray,
+                 normalize: bool) -> None:
+    """Puts the count and row percentage in each cell the display wrote, light on dark cells.
+
+    The display picks a text's colour against the midpoint of the values shown; the cells are
+    coloured on a scale from 0, so the shade on that scale decides (a matrix of large counts only
+    would otherwise get dark text on dark cells).
+    """
+    shade = display.im_.norm(display.confusion_matrix)
+    light, dark = display.im_.cmap(0.0), display.im_.cmap(1.0)
+    for (true_label, predicted_label), text in np.ndenumerate(display.text_):
+        count = counts[true_label, predicted_label]
+        percent = f"{100 * row_fractions[true_label, predicted_label]:.1f}%"
+        text.set_text(f"{percent}\n({count})" if normalize else f"{count}\n({percent})")
+        text.set_color(light if shade[true_label, predicted_label] > 0.55 else dark)
 
 
 def _label_confusion_axes(axes: Axes, class_names: Sequence[str]) -> None:
@@ -289,13 +300,13 @@ def _finish_panel(axes: Axes, plotted: int) -> None:
 
 
 def _plot_roc_curve(axes: Axes, is_positive: np.ndarray, scores: np.ndarray, label: str) -> None:
-    """One ROC curve; a legend entry without a curve when both outcomes are not present."""
+    """One ROC curve (`RocCurveDisplay`); a legend entry without a curve when both outcomes are not present."""
     if is_positive.all() or not is_positive.any():
         axes.plot([], [], linestyle="none", label=f"{label} (no curve: one outcome only)")
         return
-    false_positive_rate, true_positive_rate, _ = roc_curve(is_positive, scores)
-    area = auc(false_positive_rate, true_positive_rate)
-    axes.plot(false_positive_rate, true_positive_rate, linewidth=1.5, label=f"{label} (AUC = {area:.3f})")
+    display = RocCurveDisplay.from_predictions(is_positive, scores, pos_label=True, name=label, ax=axes,
+                                               curve_kwargs={"linewidth": 1.5})
+    display.line_.set_label(f"{label} (AUC = {display.roc_auc:.3f})")  # three decimals, not the display's two
 
 
 def _mark_threshold(axes: Axes, is_positive: np.ndarray, scores: np.ndarray, threshold: float) -> None:
