@@ -94,9 +94,8 @@ def inference_model(model: nn.Module, config: ExperimentConfig, data: DataModule
     decision = {"temperature": rule.temperature, "threshold": rule.threshold, "operating_point": rule.operating_point,
                 "positive_index": rule.positive_index if rule.threshold is not None else None,
                 "threshold_split": rule.chosen_on}
-    if config.dataset.modality == "tabular":
-        return InferenceModel(model.cpu().eval(), data.feature_mean, data.feature_std, **decision).eval()
-    return InferenceModel(model.cpu().eval(), config.dataset.mean, config.dataset.std, **decision).eval()
+    mean, std = data.input_statistics(config.dataset)  # per channel, or per feature fitted on train
+    return InferenceModel(model.cpu().eval(), mean, std, **decision).eval()
 
 
 def model_inputs(data: DataModule, split: str) -> torch.Tensor:

@@ -206,7 +206,8 @@ def test_inference_model_applies_its_temperature_in_forward():
 def test_pipeline_wraps_the_network_with_the_rule_fitted_on_valid():
     config = load_project("breastmnist")
     rule = PredictionRule(positive_index=0, temperature=1.5, threshold=0.42, operating_point="sensitivity@0.95")
-    model = inference_model(nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 2)), config, None, rule)
+    data = SimpleNamespace(input_statistics=lambda spec: (spec.mean, spec.std))  # an image module's statistics
+    model = inference_model(nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 2)), config, data, rule)
     assert (float(model.threshold), int(model.positive_index), float(model.temperature)) == (0.42, 0, 1.5)
     assert model.operating_point == "sensitivity@0.95"
 

@@ -205,7 +205,8 @@ def fold_datamodule(base: DataModule, train: np.ndarray, held_out: np.ndarray) -
     pool_images = torch.cat([base.datasets["train"].images, base.datasets["valid"].images])
     pool_labels = torch.cat([base.datasets["train"].labels, base.datasets["valid"].labels]).numpy()
     pool_files = base.files.get("train", []) + base.files.get("valid", [])
-    train_transform, valid_transform, extra = _fold_transforms(base, pool_images[train].numpy())
+    # A tabular module refits its standardisation on the fold's train rows.
+    train_transform, valid_transform, extra = base.fold_transforms(pool_images[train].numpy())
     datasets = {
         "train": ArrayDataset(pool_images[train].numpy(), pool_labels[train], train_transform),
         "valid": ArrayDataset(pool_images[held_out].numpy(), pool_labels[held_out], valid_transform),
@@ -217,21 +218,6 @@ def fold_datamodule(base: DataModule, train: np.ndarray, held_out: np.ndarray) -
                          "test": _item_names(base, base.files.get("test", []), len(datasets["test"]), "test")})
     return dataclasses.replace(base, datasets=datasets, files=files if pool_files else base.files,
                                split_hash=hashed, **extra)
-
-
-def _fold_transforms(base: DataModule, train_rows: np.ndarray) -> tuple[Any, Any, dict[str, Any]]:
-    """(train transform, valid transform, data-module fields to replace) for one fold.
-
-    Images keep the source's transforms; a tabular module refits its standardisation on
-    the fold's train rows, so no statistic comes from the rows it validates on.
-    """
-    from medxp.data.tabular import Standardize, TabularDataModule  # imports the datamodule
-
-    if isinstance(base, TabularDataModule):
-        standardize = Standardize.fit(train_rows)
-        return standardize, standardize, {"feature_mean": tuple(standardize.mean.tolist()),
-                                          "feature_std": tuple(standardize.std.tolist())}
-    return base.datasets["train"].transform, base.datasets["valid"].transform, {}
 
 
 def _item_names(base: DataModule, files: list, count: int, prefix: str = "pool") -> list[str]:

@@ -49,7 +49,7 @@ def search_explain_register(config: ExperimentConfig, tracker: MlflowTracker, *,
         "best_trial": str(search.best_trial_number), "best_run_id": str(search.best_run_id)})
     evaluation = evaluate_and_record(model, data, "test", best, tracker)
     explained = explain_model(model, data, best, tracker, num_samples=explain_samples) \
-        if best.dataset.modality == "image" else None
+        if data.explainable else None
     version = register_model(tracker.run_id, search.best_model_uri, best, synthetic=data.synthetic)
     log.info("registered %s version %s (test accuracy %.4f)", version.name, version.version,
              evaluation.metrics["accuracy"])
