@@ -249,14 +249,6 @@ def _calibration_lines(evaluation: Evaluation) -> list[str]:
     return lines
 
 
-def evaluate_model(model: nn.Module, batches, split: str, class_names: Sequence[str], config: EvalConfig,
-                   device: torch.device, channels_last: bool = False, with_intervals: bool = True,
-                   rule: PredictionRule | None = None) -> Evaluation:
-    """Predicts `batches` with `model` (which returns logits) and scores them with `rule`."""
-    y_true, y_prob, _ = predict(model, batches, device, channels_last)
-    return evaluate_predictions(split, y_true, y_prob, class_names, config, with_intervals, rule)
-
-
 def evaluate_splits(model: nn.Module, loaders: Mapping[str, Iterable], class_names: Sequence[str],
                     positive_class: str, config: EvalConfig, device: torch.device,
                     channels_last: bool = False) -> dict[str, Evaluation]:
