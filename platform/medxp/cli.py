@@ -146,11 +146,11 @@ def _main(args: argparse.Namespace) -> None:
         result = search_explain_register(config, tracker, search_name=args.name or None,
                                          explain_samples=args.explain_samples)
     search = result.search
-    share = (f"; LIME positive weight inside the optic disc {result.disc_weight_share:.2f} "
-             f"(disc area {result.disc_area_share:.2f})" if result.disc_weight_share is not None else "")
+    checks = ", ".join(f"{name} {value:.2f}" for name, value in sorted(result.explain_metrics.items()))
+    checks = f"; explanation checks: {checks}" if checks else ""
     print(f"search {search.study_name}: {search.state_counts}; best trial {search.best_trial_number} "
           f"(val {search.best_value:.4f}); test accuracy {result.test_metrics['accuracy']:.4f}; registered "
-          f"{result.registered_name} version {result.registered_version}{share}. "
+          f"{result.registered_name} version {result.registered_version}{checks}. "
           f"Next: medxp promote --dataset {config.dataset.name}")
 
 

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from medxp.choices import modality_spec_checks, registered_choices
 from medxp.errors import MedxpError
 
 PROJECTS_DIR_ENV = "MEDXP_PROJECTS_DIR"
@@ -278,7 +279,7 @@ SHORT_KEYS = {
     "folds": "cv.folds",
 }
 
-# Keys with a fixed set of values; those whose values a registry holds are in `_registered_choices`.
+# Keys with a fixed set of values; those whose values a registry holds are in medxp.choices.
 _CHOICES = {
     "model.channel_order": ("as_given", "ascending", "descending"),
     "model.head_pooling": ("avg", "max"),
@@ -475,23 +476,9 @@ def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
     return value
 
 
-def _registered_choices() -> dict[str, list[str]]:
-    """The keys whose valid values are the names in a registry, each with those names.
-
-    The registries live beside what they build (data sources, modalities, optimizers, schedulers), in
-    modules that import this one; so they are imported when a config is validated, not here.
-    """
-    from medxp.data.datamodule import MODALITIES
-    from medxp.data.sources import layout_names
-    from medxp.training.optim import OPTIMIZERS, SCHEDULERS
-
-    return {"dataset.layout": layout_names(), "dataset.modality": MODALITIES.names(),
-            "train.optimizer": OPTIMIZERS.names(), "train.scheduler": SCHEDULERS.names()}
-
-
 def _validate(config: ExperimentConfig, origin: str) -> None:
     flat = config.to_flat_dict()
-    for key, choices in {**_registered_choices(), **_CHOICES}.items():
+    for key, choices in {**registered_choices(), **_CHOICES}.items():
         if flat[key] not in choices:
             raise MedxpError(f"{origin}: '{key}' = {flat[key]!r}: expected one of {', '.join(choices)}")
     positive = ["dataset.image_size", "dataset.channels", "train.batch_size", "train.epochs", "train.lr",
@@ -530,8 +517,7 @@ def _validate(config: ExperimentConfig, origin: str) -> None:
          and abs(sum(config.data.split_fractions) - 1) < 1e-6, "three positive train/valid/test fractions summing to 1"),
         *_search_checks(config.search, config.train.epochs),
     ]
-    if config.dataset.modality == "tabular":
-        checks += _tabular_checks(config.dataset)
+    checks += modality_spec_checks(config.dataset)  # what the modality's contract asks of the spec
     lowered_classes = {name.lower() for name in config.dataset.class_names}
     aliases_ok = all(target.lower() in lowered_classes for target in config.dataset.class_aliases.values())
     checks.append(("dataset.class_aliases", aliases_ok, "aliases mapping folder names to dataset.class_names"))
@@ -570,16 +556,6 @@ def _valid_operating_point(rule: str) -> bool:
     except MedxpError:
         return False
     return True
-
-
-def _tabular_checks(spec: DatasetSpec) -> list[tuple[str, bool, str]]:
-    """(key, ok, expected) checks of a tabular dataset spec."""
-    return [
-        ("dataset.target_column", bool(spec.target_column), "the name of the CSV's target column"),
-        ("dataset.feature_columns", len(spec.feature_columns) >= 1, "the names of the CSV's feature columns"),
-        ("dataset.class_values", len(spec.class_values) in (0, len(spec.class_names)),
-         "one target value per class name, or none"),
-    ]
 
 
 def _valid_class_weights(config: ExperimentConfig) -> bool:

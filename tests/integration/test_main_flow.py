@@ -32,12 +32,15 @@ def test_main_registers_a_demo_model_that_promote_makes_champion(tmp_path, mlflo
                           env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "registered glaucoma-classifier-demo version 1" in done.stdout
+    assert "explanation checks: lime_disc_area_share" in done.stdout  # the demo's plug-in, printed generically
 
     client = mlflow.MlflowClient()
     [parent] = mlflow.search_runs(experiment_names=["glaucoma"], filter_string="tags.`medxp.kind` = 'search'",
                                   output_format="list")
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "explanations")}
     assert "explanations/lime_grid.png" in artifacts
+    assert 0 < parent.data.metrics["lime_disc_area_share"] < 0.2
+    assert 0 <= parent.data.metrics["lime_disc_weight_share"] <= 1
     assert 0.0 <= parent.data.metrics["test_accuracy"] <= 1.0
     assert parent.data.tags["data.synthetic"] == "true"
 

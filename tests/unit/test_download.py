@@ -143,3 +143,16 @@ def test_fetal_health_is_fetched_from_its_kaggle_slug_and_readable(tmp_path, mon
     assert sorted(p.name for p in target.iterdir()) == ["fetal_health.csv"]
     data = create_datamodule(config.replace({"data.data_dir": str(target)}))
     assert sum(len(dataset) for dataset in data.datasets.values()) == 60
+
+
+def test_the_hand_download_hint_asks_the_table_layout_for_its_file_name(tmp_path, monkeypatch):
+    from medxp.data.sources import TABLE_LAYOUTS, TableLayout
+
+    plugged = TableLayout(find=lambda root, spec: root, file_name=lambda spec: f"{spec.name}.parquet")
+    monkeypatch.setitem(TABLE_LAYOUTS._entries, "parquet", plugged)  # a table layout a later module registers
+    config = load_project("fetal_health", {"dataset.layout": "parquet"})
+
+    hint = download.manual_download_hint("owner/name", tmp_path, config)
+    assert hint.endswith(f"put its fetal_health.parquet at {tmp_path / 'fetal_health.parquet'}")
+    image_hint = download.manual_download_hint("owner/name", tmp_path, load_project("covid_radiography"))
+    assert f"unpack it into {tmp_path}" in image_hint

@@ -13,12 +13,13 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from medxp.data import create_datamodule
+from medxp.data.synthetic import disc_weight_share
 from medxp.errors import MedxpError
+from medxp.explanation_checks import EXPLANATION_CHECKS, CheckResult
 from medxp.explain import (
     SEGMENTATIONS,
     BatchedLimeImageExplainer,
     create_segmenter,
-    disc_weight_share,
     explain_image,
     explain_model,
     explanation_grid,
@@ -358,7 +359,46 @@ def test_explain_model_logs_figures_records_and_disc_metrics(tiny_run):
     assert len(records) == 2 * 2 and all(r["image_id"].startswith("fundus_") for r in records)
     assert 0 < tracker.latest("lime_disc_area_share") < 0.2
     assert 0 <= tracker.latest("lime_disc_weight_share") <= 1
-    assert summary.disc_area_share == pytest.approx(tracker.latest("lime_disc_area_share"))
+    assert summary.explain_metrics["lime_disc_area_share"] == pytest.approx(tracker.latest("lime_disc_area_share"))
+
+
+def test_the_disc_check_is_a_plug_in_of_the_demo_whose_values_reach_records_and_metrics(tiny_run):
+    model, data, config = tiny_run
+    tracker = NullTracker()
+
+    assert "optic_disc" in EXPLANATION_CHECKS  # registered by medxp.data.synthetic, not by the explainer
+    summary = explain_model(model, data, config, tracker, per_class=1, num_samples=30, methods=("slic", "kmeans"))
+
+    assert set(summary.explain_metrics) == {"lime_disc_weight_share", "lime_disc_area_share",
+                                            "lime_disc_weight_share_slic", "lime_disc_weight_share_kmeans"}
+    assert summary.explain_metrics == {name: tracker.latest(name) for name in summary.explain_metrics}
+    logged = tracker.artifacts["explanations/lime_records.json"]
+    assert logged["explain_metrics"] == summary.explain_metrics
+    areas = [record["disc_area_share"] for record in logged["records"]]
+    assert all(0 < area < 0.2 for area in areas)
+    assert np.mean(areas) == pytest.approx(summary.explain_metrics["lime_disc_area_share"], abs=1e-5)
+
+
+def test_explain_model_runs_whichever_registered_check_applies(tiny_run, monkeypatch):
+    model, data, config = tiny_run
+    seen = []
+
+    def brightness_check(check_data, split, explained):
+        seen.append((check_data, split, [image.method for image in explained]))
+        return CheckResult({"top_row_weight": 0.25}, [{"top_row_weight": float(image.heatmap[0].sum())}
+                                                      for image in explained])
+
+    monkeypatch.setattr(EXPLANATION_CHECKS, "_entries", {"never": lambda *_: None, "top_row": brightness_check})
+    tracker = NullTracker()
+
+    summary = explain_model(model, data, config, tracker, per_class=1, num_samples=20, methods=("slic",))
+
+    assert seen == [(data, "test", ["slic", "slic"])]
+    assert summary.explain_metrics == {"lime_top_row_weight": 0.25} and tracker.latest("lime_top_row_weight") == 0.25
+    assert not [name for name, _, _ in tracker.metrics if name.startswith("lime_disc")]
+    records = tracker.artifacts["explanations/lime_records.json"]["records"]
+    assert [record["top_row_weight"] for record in records] == pytest.approx(
+        [float(record.explanation.heatmap[0].sum()) for record in summary.records], abs=1e-5)
 
 
 def test_explain_model_skips_the_disc_check_without_geometry(tiny_run):
@@ -368,7 +408,7 @@ def test_explain_model_skips_the_disc_check_without_geometry(tiny_run):
     summary = explain_model(model, dataclasses.replace(data, synthetic=False), config, tracker, per_class=1,
                             num_samples=20, methods=("slic",))
 
-    assert summary.disc_weight_share is None and summary.disc_area_share is None
+    assert summary.explain_metrics == {}
     assert not [name for name, _, _ in tracker.metrics if name.startswith("lime_disc")]
     assert "explanations/lime_grid.png" in tracker.artifacts
 

@@ -60,6 +60,19 @@ def test_the_models_load_without_the_flows_or_the_pipeline():
             assert not [m for m in imported if _under(m, "medxp.pipeline") or _under(m, "medxp.flows")], module
 
 
+def test_the_data_registers_its_explanation_checks_without_importing_the_explainer():
+    offenders = {module: sorted(m for m in imported if _under(m, "medxp.explain"))
+                 for module, imported in IMPORTS.items() if _under(module, "medxp.data")}
+    assert {module: names for module, names in offenders.items() if names} == {}
+    assert "medxp.explanation_checks" in IMPORTS["medxp.data.synthetic"]
+
+
+def test_the_explainer_imports_no_demo_generator():
+    offenders = {module: sorted(m for m in imported if _under(m, "medxp.data.synthetic"))
+                 for module, imported in IMPORTS.items() if _under(module, "medxp.explain")}
+    assert {module: names for module, names in offenders.items() if names} == {}
+
+
 def test_check_active_names_the_work_when_its_run_is_not_the_active_one(mlflow_store):
     with MlflowTracker.start("layers", run_name="parent") as tracker:
         tracker.check_active("cross-validation")  # inside its own run: nothing to refuse

@@ -8,7 +8,9 @@ policy to it instead of scanning the whole data set again.
 
 `dataset.modality` names a `Modality` in `MODALITIES`: how a data set of that kind (images
 here, feature rows in medxp.data.tabular) becomes a data module, whether it is audited, and
-whether its data may be one file. What differs once the module exists, its subclass carries.
+whether its data may be one file. What differs once the module exists, its subclass carries;
+what the modality asks of the dataset spec, and the shape of one input, its contract in
+medxp.choices (read without importing this module).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from medxp import choices
 from medxp.config import DatasetSpec, ExperimentConfig, resolve_data_dir
 from medxp.data import medmnist  # noqa: F401  (registers the medmnist source)
 from medxp.data.cache import split_images
@@ -31,7 +34,7 @@ from medxp.data import synthetic_tabular
 from medxp.data.synthetic import generate_fundus_demo, is_generated
 from medxp.data.transforms import create_transforms
 from medxp.errors import MedxpError
-from medxp.registry import Registry
+from medxp.named import Registry
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +147,7 @@ class Modality:
     one_file: bool
 
 
-MODALITIES: Registry[Modality] = Registry("data modality")
+MODALITIES: Registry[Modality] = choices.MODALITIES  # created light there, for config validation
 
 
 def prior_audit(config: ExperimentConfig) -> PriorAudit | None:

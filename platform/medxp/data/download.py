@@ -24,7 +24,7 @@ from pathlib import Path
 
 from medxp.config import ExperimentConfig, load_project, resolve_data_dir
 from medxp.data.medmnist import SIZES, array_shapes
-from medxp.data.sources import normalise_name
+from medxp.data.sources import TABLE_LAYOUTS, normalise_name
 from medxp.errors import MedxpError
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,8 @@ def download_kaggle(slug: str, target: Path, config: ExperimentConfig, *, force:
 def manual_download_hint(slug: str, target: Path, config: ExperimentConfig) -> str:
     """Where the data set comes from and where to put it, for a download by hand."""
     url = KAGGLE_URL.format(slug=slug)
-    if config.dataset.layout == "csv":
-        file_name = f"{config.dataset.name}.csv"
+    if config.dataset.layout in TABLE_LAYOUTS:  # one file: say which, and where it goes
+        file_name = TABLE_LAYOUTS.get(config.dataset.layout).file_name(config.dataset)
         return f"or download {url} by hand and put its {file_name} at {target / file_name}"
     return (f"or download {url} by hand and unpack it into {target} (layout: projects/{config.dataset.name}/"
             f"README.md)")

@@ -1,11 +1,12 @@
 """Data sources: each reads one publisher's layout as it ships and says which image goes to which split.
 
-Three string-keyed registries, all selected by `dataset.layout` (`layout_names` lists them together,
-the values config validation accepts):
+Three string-keyed registries, all selected by `dataset.layout`. They are created in medxp.choices,
+which declares the names medxp registers, so config validation knows them without importing this module:
 
 - `LAYOUTS`: folder layouts; `(root, config) -> {"train": [(path, label), ...], "valid": ..., "test": ...}`.
 - `ARRAY_SOURCES`: sources whose pixels are already arrays (MedMNIST npz); `(root, config) -> SourceData`.
-- `TABLE_LAYOUTS`: where a tabular data set's file lies (`csv`, medxp.data.tabular); `(root, spec) -> Path`.
+- `TABLE_LAYOUTS`: a `TableLayout`, where a tabular data set's one file lies and its name (`csv`,
+  medxp.data.tabular).
 
 `read_source` turns either into a `SourceData`: per split the labels, stable item names
 (for the split hash) and a `decode` function that the decoded-image cache calls at most
@@ -23,12 +24,13 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from medxp import choices
 from medxp.config import DatasetSpec, ExperimentConfig
 from medxp.data.folds import IMAGE_SUFFIXES, LabelledFiles, child_folder, list_images, read_folds_layout
 from medxp.data.images import decode_images, fingerprint_files
 from medxp.data.splits import carve, patient_ids, split_hash, split_three, take
 from medxp.errors import MedxpError
-from medxp.registry import Registry
+from medxp.named import Registry
 
 SPLITS = ("train", "valid", "test")
 SPLIT_FOLDER_NAMES = {"train": ("train", "training"), "valid": ("val", "valid", "validation"),
@@ -62,14 +64,22 @@ class SourceData:
         return split_hash({name: part.item_names for name, part in self.splits.items()})
 
 
-LAYOUTS: Registry[Callable[[Path, ExperimentConfig], dict[str, LabelledFiles]]] = Registry("data layout")
-ARRAY_SOURCES: Registry[Callable[[Path, ExperimentConfig], SourceData]] = Registry("array data source")
-TABLE_LAYOUTS: Registry[Callable[[Path, DatasetSpec], Path]] = Registry("table data layout")
+@dataclass(frozen=True)
+class TableLayout:
+    """Where a tabular data set's one file lies.
+
+    Attributes:
+        find: `(root, spec) -> Path`: the file under `root` (or `root` itself when it is the file).
+        file_name: `spec -> name` of the file, for someone who puts it there by hand.
+    """
+
+    find: Callable[[Path, DatasetSpec], Path]
+    file_name: Callable[[DatasetSpec], str]
 
 
-def layout_names() -> list[str]:
-    """Every value `dataset.layout` may take: the folder layouts, array sources and table layouts, sorted."""
-    return sorted({*LAYOUTS, *ARRAY_SOURCES, *TABLE_LAYOUTS})
+LAYOUTS: Registry[Callable[[Path, ExperimentConfig], dict[str, LabelledFiles]]] = choices.LAYOUTS
+ARRAY_SOURCES: Registry[Callable[[Path, ExperimentConfig], SourceData]] = choices.ARRAY_SOURCES
+TABLE_LAYOUTS: Registry[TableLayout] = choices.TABLE_LAYOUTS
 
 
 def read_source(root: Path, config: ExperimentConfig) -> SourceData:

@@ -15,7 +15,10 @@ small pale cup, abnormal ones a large one. Every other property (field of view,
 illumination, disc position and size, vessels, macula, noise, blur, colour) is
 drawn independently of the label, so a classifier has to look at the optic disc
 to do better than chance. The sidecar CSV records where the disc and cup are, so
-explanations can be checked against the ground truth.
+explanations can be checked against the ground truth: this module registers the
+`optic_disc` explanation check (medxp.explanation_checks), which medxp.explain runs on
+every explained image of this data: the share of positive weight inside the disc against
+the disc's share of the image.
 
 Generation is deterministic: the same seed and arguments give byte-identical files
 (on the same Pillow/libjpeg build).
@@ -36,13 +39,14 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from medxp.errors import MedxpError
+from medxp.explanation_checks import EXPLANATION_CHECKS, CheckResult, ExplainedImage, finite_mean
 
 if TYPE_CHECKING:
     import pandas
@@ -219,6 +223,104 @@ def read_geometry(root: Path) -> "pandas.DataFrame":
     if not path.is_file():
         raise MedxpError(f"{path}: no demo geometry sidecar; was {root} written by generate_fundus_demo?")
     return pandas.read_csv(path, dtype={"image_id": str, "class_name": str})
+
+
+# ----------------------------------------------------------------------------- the optic disc check
+
+
+@EXPLANATION_CHECKS.register("optic_disc")
+def optic_disc_check(data: Any, split: str, explained: Sequence[ExplainedImage]) -> CheckResult | None:
+    """How much of each explanation's positive weight lies on the optic disc, where the label is drawn.
+
+    Applies to generated fundus demo data with its geometry sidecar; other data gets None.
+    A weight share well above the disc's area share means the model looks where it should.
+
+    Args:
+        data: The data module (reads `synthetic`, `root` and the split's `files`).
+        split: The explained split, whose image ids (file stems) are looked up in the sidecar.
+        explained: The explained images.
+
+    Returns:
+        Per image `disc_weight_share` and `disc_area_share`; as metrics their means over every
+        measured image and method, and `disc_weight_share_<method>` per method (NaN shares,
+        no positive weight, are left out of the means). None where the check does not apply.
+    """
+    if not data.synthetic or not (Path(data.root) / GEOMETRY_FILE).is_file():
+        return None
+    wanted = {path.stem for path, _ in data.files.get(split, [])}
+    geometry = {str(row.image_id): row for row in read_geometry(data.root).itertuples(index=False)
+                if str(row.image_id) in wanted}
+    if not geometry:
+        return None
+    per_image, measured = [], []
+    for image in explained:
+        row = geometry.get(image.image_id)
+        if row is None:
+            per_image.append({})
+            continue
+        weight, area = disc_weight_share(image.heatmap, *_disc_circle(row, image.heatmap.shape[-1]))
+        per_image.append({"disc_weight_share": weight, "disc_area_share": area})
+        measured.append((image.method, weight, area))
+    return CheckResult(_disc_metrics(measured), per_image)
+
+
+def disc_weight_share(heatmap: np.ndarray, disc_x: float, disc_y: float, disc_radius: float) -> tuple[float, float]:
+    """How much of the supporting evidence lies inside a circle (the optic disc).
+
+    Pixel centres lie on integer coordinates; a pixel is inside when its centre is
+    within `disc_radius` of (disc_x, disc_y).
+
+    Args:
+        heatmap: (H, W) weights of the explained image's pixels (or an object with a
+            `heatmap`, such as a medxp.explain Explanation).
+        disc_x: Column of the disc centre in pixels of the explained image.
+        disc_y: Row of the disc centre.
+        disc_radius: Disc radius in pixels.
+
+    Returns:
+        (share of the positive weight mass inside the disc, share of the image's pixels
+        inside the disc). The first is NaN when no pixel has a positive weight. A share
+        well above the area share means the explanation looks at the disc.
+
+    Raises:
+        MedxpError: the radius is not positive or the heat map is not 2-D.
+    """
+    heatmap = np.asarray(getattr(heatmap, "heatmap", heatmap), dtype=float)
+    if heatmap.ndim != 2:
+        raise MedxpError(f"disc_weight_share: heat map of shape {heatmap.shape}; expected (H, W)")
+    if not disc_radius > 0:
+        raise MedxpError(f"disc_weight_share: disc_radius = {disc_radius}; expected a positive radius in pixels")
+    rows, columns = np.mgrid[0:heatmap.shape[0], 0:heatmap.shape[1]]
+    inside = (columns - disc_x) ** 2 + (rows - disc_y) ** 2 <= disc_radius**2
+    positive = np.clip(heatmap, 0.0, None)
+    total = positive.sum()
+    weight_share = float(positive[inside].sum() / total) if total > 0 else float("nan")
+    return weight_share, float(inside.mean())
+
+
+def _disc_circle(row: Any, image_size: int) -> tuple[float, float, float]:
+    """(column, row, radius) of a sidecar row's disc in pixels of the image decoded at `image_size`.
+
+    The sidecar's coordinates are in pixels of the generated image; they are rescaled the way
+    the decoder resized it (pixel centres on integer coordinates).
+    """
+    scale = image_size / float(row.image_size)
+    return (row.disc_x + 0.5) * scale - 0.5, (row.disc_y + 0.5) * scale - 0.5, row.disc_radius * scale
+
+
+def _disc_metrics(measured: list[tuple[str, float, float]]) -> dict[str, float]:
+    """Means of (method, weight share, area share) triples: overall, and the weight share per method."""
+    metrics = {}
+    for method in dict.fromkeys(method for method, _, _ in measured):
+        share = finite_mean([weight for name, weight, _ in measured if name == method])
+        if share is not None:
+            metrics[f"disc_weight_share_{method}"] = share
+    for name, values in (("disc_weight_share", [weight for _, weight, _ in measured]),
+                         ("disc_area_share", [area for _, _, area in measured])):
+        mean = finite_mean(values)
+        if mean is not None:
+            metrics[name] = mean
+    return metrics
 
 
 # ----------------------------------------------------------------------------- folder handling

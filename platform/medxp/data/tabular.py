@@ -28,7 +28,7 @@ import torch
 
 from medxp.config import DatasetSpec, ExperimentConfig
 from medxp.data.datamodule import MODALITIES, ArrayDataset, DataModule, Modality, PriorAudit, ensure_data
-from medxp.data.sources import TABLE_LAYOUTS
+from medxp.data.sources import TABLE_LAYOUTS, TableLayout
 from medxp.data.splits import split_hash, split_three
 from medxp.data.synthetic import is_generated
 from medxp.errors import MedxpError
@@ -87,7 +87,11 @@ class TabularDataModule(DataModule):
                                           "feature_std": tuple(standardize.std.tolist())}
 
 
-@TABLE_LAYOUTS.register("csv")
+def csv_file_name(spec: DatasetSpec) -> str:
+    """`<dataset name>.csv`: the file the csv layout looks for first (not source_id: that is the Kaggle slug)."""
+    return f"{spec.name}.csv"
+
+
 def find_csv(root: Path, spec: DatasetSpec) -> Path:
     """`root` itself when it is a file, else `<dataset name>.csv` (or the only CSV) inside it.
 
@@ -99,13 +103,16 @@ def find_csv(root: Path, spec: DatasetSpec) -> Path:
     if not root.is_dir():
         raise MedxpError(f"{root}: CSV file or folder not found; expected the CSV of dataset '{spec.name}' "
                          f"(see projects/{spec.name}/README.md) or data_dir= pointing at it")
-    named = root / f"{spec.name}.csv"  # not source_id: that is the Kaggle slug `medxp download` fetches
+    named = root / csv_file_name(spec)
     if named.is_file():
         return named
     found = sorted(root.glob("*.csv"))
     if len(found) == 1:
         return found[0]
     raise MedxpError(f"{root}: expected {named.name} or a single .csv file; found {[p.name for p in found] or 'none'}")
+
+
+TABLE_LAYOUTS.register("csv")(TableLayout(find_csv, csv_file_name))
 
 
 def read_table(path: Path, spec: DatasetSpec) -> Table:
@@ -138,7 +145,7 @@ def read_table(path: Path, spec: DatasetSpec) -> Table:
 def create_tabular_datamodule(config: ExperimentConfig) -> TabularDataModule:
     """Reads the CSV, splits it stratified, and standardises with train-split statistics."""
     spec = config.dataset
-    path = TABLE_LAYOUTS.get(spec.layout)(ensure_data(config), spec)  # ensure_data: the demo, where wanted
+    path = TABLE_LAYOUTS.get(spec.layout).find(ensure_data(config), spec)  # ensure_data: the demo, where wanted
     table = read_table(path, spec)
     indices = split_three(table.labels, config.data.split_fractions, config.data.split_seed, what=str(table.path))
     standardize = Standardize.fit(table.features[indices["train"]])

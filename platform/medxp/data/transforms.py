@@ -13,7 +13,7 @@ import torch
 from torchvision.transforms import v2
 
 from medxp.config import DatasetSpec
-from medxp.registry import Registry
+from medxp.named import Registry
 
 AUGMENTATIONS: Registry[Callable[[], list[torch.nn.Module]]] = Registry("augmentation")
 # Pieces that need float pixels run after the conversion.

@@ -9,7 +9,7 @@ are built with :class:`matplotlib.figure.Figure`, never pyplot, as in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -38,8 +38,8 @@ class ExplanationRecord:
     method: str
     explanation: Explanation
     image_id: str = ""
-    disc_weight_share: float | None = None
-    disc_area_share: float | None = None
+    # Values the explanation checks (medxp.explanation_checks) measured on this image, by name.
+    checks: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def correct(self) -> bool:
@@ -47,7 +47,7 @@ class ExplanationRecord:
         return self.true_label == self.predicted_label
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (no pixel arrays): prediction, explanation quality, strongest segments."""
+        """JSON-ready summary (no pixel arrays): prediction, explanation quality, strongest segments, checks."""
         weights = self.explanation.segment_weights
         order = np.argsort(-np.abs(weights))[:5]
         return {
@@ -59,8 +59,7 @@ class ExplanationRecord:
             "num_samples": self.explanation.num_samples, "local_model_r2": round(self.explanation.score, 6),
             "positive_weight_total": round(float(np.clip(weights, 0, None).sum()), 6),
             "top_segments": [{"segment": int(s), "weight": round(float(weights[s]), 6)} for s in order],
-            "disc_weight_share": _rounded(self.disc_weight_share),
-            "disc_area_share": _rounded(self.disc_area_share),
+            **{name: _rounded(value) for name, value in self.checks.items()},
             "seconds": round(self.explanation.seconds, 3),
         }
 

@@ -4,9 +4,8 @@
 model that takes [0, 1] float32 (N, C, H, W) tensors and returns class probabilities
 (a :class:`medxp.models.InferenceModel`, or what ``mlflow.pytorch.load_model`` gives
 back). The result holds the segments, one weight per segment, a heat map and the
-usual green/red overlay. `disc_weight_share` measures how much of the positive
-weight falls on a circle: on the generated glaucoma data, whether the explanation
-looks at the optic disc.
+usual green/red overlay. What a heat map says about a data set's own ground truth
+(the fundus demo's optic disc) is an explanation check (medxp.explanation_checks).
 
 lime 0.2.0.1 builds its perturbed images one at a time with a Python loop over the
 switched-off segments; `BatchedLimeImageExplainer` builds a whole batch with one
@@ -278,40 +277,6 @@ def render_overlay(lime_explanation: ImageExplanation, label: int, weights: np.n
     enlarged = np.kron(tinted, np.ones((factor, factor, 1)))
     enlarged_mask = np.kron(mask, np.ones((factor, factor), dtype=mask.dtype))
     return np.clip(mark_boundaries(enlarged, enlarged_mask, color=BOUNDARY_COLOUR), 0.0, 1.0)
-
-
-def disc_weight_share(explanation: Explanation | np.ndarray, disc_x: float, disc_y: float,
-                      disc_radius: float) -> tuple[float, float]:
-    """How much of the supporting evidence lies inside a circle (the optic disc).
-
-    Pixel centres lie on integer coordinates; a pixel is inside when its centre is
-    within `disc_radius` of (disc_x, disc_y).
-
-    Args:
-        explanation: An explanation, or directly an (H, W) heat map of weights.
-        disc_x: Column of the disc centre in pixels of the explained image.
-        disc_y: Row of the disc centre.
-        disc_radius: Disc radius in pixels.
-
-    Returns:
-        (share of the positive weight mass inside the disc, share of the image's pixels
-        inside the disc). The first is NaN when no pixel has a positive weight. A share
-        well above the area share means the explanation looks at the disc.
-
-    Raises:
-        MedxpError: the radius is not positive or the heat map is not 2-D.
-    """
-    heatmap = explanation.heatmap if isinstance(explanation, Explanation) else np.asarray(explanation, dtype=float)
-    if heatmap.ndim != 2:
-        raise MedxpError(f"disc_weight_share: heat map of shape {heatmap.shape}; expected (H, W)")
-    if not disc_radius > 0:
-        raise MedxpError(f"disc_weight_share: disc_radius = {disc_radius}; expected a positive radius in pixels")
-    rows, columns = np.mgrid[0:heatmap.shape[0], 0:heatmap.shape[1]]
-    inside = (columns - disc_x) ** 2 + (rows - disc_y) ** 2 <= disc_radius**2
-    positive = np.clip(heatmap, 0.0, None)
-    total = positive.sum()
-    weight_share = float(positive[inside].sum() / total) if total > 0 else float("nan")
-    return weight_share, float(inside.mean())
 
 
 def _check_batch_size(batch_size: int | None) -> None:

@@ -24,7 +24,7 @@ from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
 from medxp.errors import MedxpError
-from medxp.registry import Registry
+from medxp.named import Registry
 
 Segmenter = Callable[[np.ndarray], np.ndarray]
 SegmenterBuilder = Callable[..., Segmenter]

@@ -7,7 +7,7 @@ Promotion is a separate, deliberate step (`medxp promote`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from medxp.config import ExperimentConfig
 from medxp.errors import MedxpError
@@ -19,14 +19,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class MainResult:
-    """What the main flow produced."""
+    """What the main flow produced.
+
+    `explain_metrics` holds what the explanation checks that apply to the data measured, by
+    logged metric name (on the fundus demo ``lime_disc_weight_share`` and ``lime_disc_area_share``);
+    empty when the data is not explained or no check applies.
+    """
 
     search: object
     test_metrics: dict[str, float]
     registered_name: str
     registered_version: str
-    disc_weight_share: float | None
-    disc_area_share: float | None
+    explain_metrics: dict[str, float] = field(default_factory=dict)
 
 
 def search_explain_register(config: ExperimentConfig, tracker: MlflowTracker, *, search_name: str | None = None,
@@ -54,5 +58,4 @@ def search_explain_register(config: ExperimentConfig, tracker: MlflowTracker, *,
     log.info("registered %s version %s (test accuracy %.4f)", version.name, version.version,
              evaluation.metrics["accuracy"])
     return MainResult(search, evaluation.metrics, version.name, str(version.version),
-                      explained.disc_weight_share if explained else None,
-                      explained.disc_area_share if explained else None)
+                      dict(explained.explain_metrics) if explained else {})

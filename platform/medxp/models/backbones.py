@@ -22,6 +22,7 @@ import timm
 from timm.models import load_pretrained
 from torch import nn
 
+from medxp.choices import modality_contract
 from medxp.config import DatasetSpec, ExperimentConfig, ModelConfig
 from medxp.errors import MedxpError
 from medxp.models.factory import MODEL_INFO, ModelBuilder, ModelInfo, register_model
@@ -140,7 +141,7 @@ def pretrained_input(config: ExperimentConfig, use_input_size: bool = False) -> 
     back unchanged, and so do those of `model.pretrained = auto` when no weights are found.
     """
     name = config.model.name.removeprefix("timm/")
-    if config.dataset.modality != "image" or not uses_imagenet_weights(config.model):
+    if not modality_contract(config.dataset).images or not uses_imagenet_weights(config.model):
         return config
     pretrained = timm.get_pretrained_cfg(name)
     if pretrained is None:

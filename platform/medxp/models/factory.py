@@ -22,9 +22,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from medxp.choices import modality_contract
 from medxp.config import DatasetSpec, ModelConfig
 from medxp.errors import MedxpError
-from medxp.registry import Registry
+from medxp.named import Registry
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def create_model(model: ModelConfig, spec: DatasetSpec) -> nn.Module:
                          f"'{spec.name}' is {spec.modality}; expected one of: {', '.join(sorted(fitting))}")
     check_settings(model)
     network = freeze_backbone(builder(model, spec), model.unfrozen_layers)
-    if model.channels_last and spec.modality == "image":
+    if model.channels_last and modality_contract(spec).images:
         network = network.to(memory_format=torch.channels_last)
     return network
 

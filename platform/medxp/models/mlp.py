@@ -14,6 +14,7 @@ from typing import Sequence
 
 from torch import nn
 
+from medxp.choices import modality_contract
 from medxp.config import DatasetSpec, ModelConfig
 from medxp.models.cnn import broadcast
 from medxp.models.factory import dropout_rates, register_model
@@ -46,10 +47,9 @@ class MLP(nn.Module):
 
 
 def input_width(spec: DatasetSpec) -> int:
-    """Feature count of a tabular spec; channels x side x side of an image spec."""
-    if spec.modality == "tabular":
-        return len(spec.feature_columns)
-    return prod((spec.channels, spec.image_size, spec.image_size))
+    """The size of one flattened input, from the modality's contract: the feature count of a table,
+    channels x side x side of an image."""
+    return prod(modality_contract(spec).input_shape(spec))
 
 
 @register_model("mlp", modalities=("tabular", "image"), default_input_size=0, family="tabular",

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+from optuna.distributions import FloatDistribution, IntDistribution
 
 from medxp.config import ExperimentConfig, resolve_key
 from medxp.errors import MedxpError
@@ -239,25 +240,29 @@ def _is_plain(value: Any) -> bool:
 
 
 def _parse_range(spec: Mapping[str, Any], where: str) -> tuple[Any, Any, Any, bool]:
-    """(low, high, step, log) of a float or int parameter, checked."""
+    """(low, high, step, log) of a float or int parameter: the types checked here, the range by Optuna."""
     kind = int if spec["type"] == "int" else (int, float)
     for bound in ("low", "high"):
         value = spec.get(bound)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise MedxpError(f"{where}: {bound} = {value!r}: expected {'an integer' if kind is int else 'a number'}")
     low, high, step, log = spec["low"], spec["high"], spec.get("step"), spec.get("log", False)
-    if low > high:
-        raise MedxpError(f"{where}: low = {low!r} > high = {high!r}: expected low <= high")
     if not isinstance(log, bool):
         raise MedxpError(f"{where}: log = {log!r}: expected true or false")
-    if log and low <= 0:
-        raise MedxpError(f"{where}: log = true with low = {low!r}: expected low > 0 on a log scale")
-    if step is not None:
-        if not isinstance(step, kind) or isinstance(step, bool) or step <= 0:
-            raise MedxpError(f"{where}: step = {step!r}: expected a positive {'integer' if kind is int else 'number'}")
-        if log:
-            raise MedxpError(f"{where}: step and log = true together: Optuna takes one or the other")
+    if step is not None and (not isinstance(step, kind) or isinstance(step, bool)):
+        raise MedxpError(f"{where}: step = {step!r}: expected {'an integer' if kind is int else 'a number'}")
+    _check_distribution(spec["type"], low, high, step, log, where)
     return low, high, step, log
+
+
+def _check_distribution(kind: str, low: Any, high: Any, step: Any, log: bool, where: str) -> None:
+    """Builds the Optuna distribution the trials will sample, so Optuna's own rules judge the range
+    (low <= high, low > 0 on a log scale, step > 0, not step and log together)."""
+    distribution = IntDistribution if kind == "int" else FloatDistribution
+    try:
+        distribution(low, high, log=log, step=1 if step is None and kind == "int" else step)
+    except ValueError as error:
+        raise MedxpError(f"{where}: {str(error).rstrip('.')} (the rule of Optuna's {distribution.__name__})") from None
 
 
 def _parse_when(when: Any, earlier: list[Parameter], where: str) -> dict[str, tuple[Any, ...]]:

@@ -11,11 +11,13 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torch.utils.data import WeightedRandomSampler
 
+from medxp import choices
 from medxp.config import TrainConfig
-from medxp.registry import Registry
+from medxp.named import Registry
 
-# Each builder is `(trainable parameters, config) -> optimizer`; `train.optimizer` names one.
-OPTIMIZERS: Registry[Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer]] = Registry("optimizer")
+# Each builder is `(trainable parameters, config) -> optimizer`; `train.optimizer` names one. The
+# registries are created light in medxp.choices (which declares these names) for config validation.
+OPTIMIZERS: Registry[Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer]] = choices.OPTIMIZERS
 OPTIMIZERS.register("adam")(lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
 OPTIMIZERS.register("adamw")(lambda params, cfg: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
 OPTIMIZERS.register("sgd")(lambda params, cfg: torch.optim.SGD(
@@ -54,7 +56,7 @@ class Schedule:
 
 
 # Each builder is `(optimizer, config, steps_per_epoch) -> Schedule`; `train.scheduler` names one.
-SCHEDULERS: Registry[Callable[[torch.optim.Optimizer, TrainConfig, int], Schedule]] = Registry("scheduler")
+SCHEDULERS: Registry[Callable[[torch.optim.Optimizer, TrainConfig, int], Schedule]] = choices.SCHEDULERS
 
 
 def create_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> Schedule:
