@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATASET ?= glaucoma
 ARGS ?=
 
-.PHONY: install run test test-fast bench ui
+.PHONY: install run test test-fast bench ui system-deps
 
 install: $(VENV)/.installed
 
@@ -21,8 +21,17 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	. $(VENV)/bin/activate && mlflow run . -P dataset=$(DATASET) --env-manager local $(ARGS)
 
-test: install
+test: install system-deps
 	$(PY) -m pytest $(ARGS)
+
+# tests/cluster start Debian's PostgreSQL server and a network namespace (iproute2, util-linux):
+# installed here when missing (as root); the tests need root for the namespace.
+system-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v ip >/dev/null || ! command -v unshare >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends postgresql iproute2 util-linux >/dev/null; \
+	  else echo "tests/cluster need Debian's postgresql, iproute2 and util-linux: run 'make system-deps' as root"; exit 1; fi; \
+	fi
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(ARGS)

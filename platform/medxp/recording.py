@@ -8,6 +8,7 @@ tracking package knows nothing of training.
 from __future__ import annotations
 
 import platform as system_platform
+import re
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -36,7 +37,26 @@ def record_run_config(tracker: Tracker, config: ExperimentConfig, tags: Mapping[
     """
     tracker.set_tags({"dataset": config.dataset.name, "model": config.model.name, **tags})
     tracker.log_params(run_params(config) if params is None else params)
-    tracker.log_dict(config.to_dict(), "config/resolved.yaml")
+    tracker.log_dict(recorded_config(config), "config/resolved.yaml")
+
+
+def recorded_config(config: ExperimentConfig) -> dict[str, Any]:
+    """`config.to_dict()` as a run may record it: a password in `search.storage` is masked."""
+    data = config.to_dict()
+    if data.get("search", {}).get("storage"):
+        data["search"]["storage"] = redacted_url(data["search"]["storage"])
+    return data
+
+
+def redacted_url(url: str) -> str:
+    """`url` with any password masked (`postgresql://medxp:***@host/db`); what a run may record of a URL."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(//[^/:@]+):[^@/]*@", r"\1:***@", url)
 
 
 def run_params(config: ExperimentConfig) -> dict[str, Any]:

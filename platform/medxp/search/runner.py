@@ -7,6 +7,12 @@ experiment and the parent run (trials never create either, so they cannot race o
 opens the persistent Optuna study (resuming it by name), shows the search's progress
 (medxp.search.progress) and, at the end, closes any child run a stopped trial left open and
 logs the trials table and Optuna's plots.
+
+On a cluster (`$RAY_ADDRESS`) the driver also records the data fingerprint every trial must
+find on its node (medxp.search.trial checks it), passes the MLflow credentials of its own
+environment to the trials (Ray's runtime environment, never a run's params or tags), and
+keeps the Optuna study in `search.storage` (or `$MEDXP_SEARCH_STORAGE`), for example the
+cluster's PostgreSQL; a password in that URL is masked wherever a run records it.
 """
 
 from __future__ import annotations
@@ -27,10 +33,10 @@ from optuna.trial import TrialState
 
 from medxp.config import ExperimentConfig, resolve_data_dir
 from medxp.data.audit import leak_policy, log_audit
-from medxp.data.datamodule import PriorAudit, ensure_data, prior_audit
+from medxp.data.datamodule import PriorAudit, create_datamodule, ensure_data, prior_audit
 from medxp.data.synthetic import is_generated
 from medxp.errors import MedxpError
-from medxp.recording import record_run_config
+from medxp.recording import record_run_config, redacted_url
 from medxp.search.progress import SearchProgress
 from medxp.search.report import log_search_report
 from medxp.search.space import SearchSpace, load_search_space
@@ -52,6 +58,11 @@ log = logging.getLogger(__name__)
 # Per-epoch validation metrics the trainer reports, by `eval.primary_metric`.
 EPOCH_METRICS = {"accuracy": "val_accuracy", "f1_macro": "val_f1_macro", "roc_auc": "val_roc_auc"}
 _STATE_NAMES = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+# Where the Optuna study lives when `search.storage` is empty (a cluster's database, say).
+STORAGE_ENV = "MEDXP_SEARCH_STORAGE"
+# The driver's environment variables a trial needs to reach the tracking server; Ray hands them to every worker.
+FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                 "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_CLIENT_CERT_PATH")
 
 
 @dataclass
@@ -109,15 +120,18 @@ def run_search(config: ExperimentConfig, *, search_name: str | None = None, pare
     name = search_name or config.search.name or _default_name(config, space)
     tracking_uri = absolute_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
-    storage = config.search.storage or default_storage(tracking_uri)
+    storage = config.search.storage or os.environ.get(STORAGE_ENV) or default_storage(tracking_uri)
     with _parent_run(config, name, parent_tracker) as parent:
         _log_search_data(parent, config, root, audit)  # leakage with audit.on_leak=fail stops here
+        fingerprint = create_datamodule(base, audit).fingerprint  # what every trial must find on its node
+        parent.set_tags({"data.fingerprint": fingerprint})
         study = open_study(name, storage, config.search)
         new_trials = max(config.search.n_trials - finished_count(study), 0)
-        log.info("search %s: %d new trial(s) (study in %s)", name, new_trials, storage)
+        log.info("search %s: %d new trial(s) (study in %s)", name, new_trials, redacted_url(storage))
         _log_search_setup(parent, config, space, name, storage, new_trials)
         if new_trials:
-            context = TrialContext(tracking_uri, parent.run.info.experiment_id, parent.run_id, name, epoch_metric)
+            context = TrialContext(tracking_uri, parent.run.info.experiment_id, parent.run_id, name, epoch_metric,
+                                   base.data.data_dir, fingerprint)
             _run_tune(study, space, base, context, new_trials, search_home(tracking_uri), audit)
         close_leftover_runs(study, parent.run.info.experiment_id)
         result = _result(study, space, config, base, storage, parent.run_id, new_trials,
@@ -127,9 +141,10 @@ def run_search(config: ExperimentConfig, *, search_name: str | None = None, pare
 
 
 def trial_base_config(config: ExperimentConfig) -> ExperimentConfig:
-    """The config every trial starts from: the epoch budget, one torch thread per CPU, absolute data path."""
+    """The config every trial starts from: the epoch budget, one torch thread per CPU, the absolute data path."""
     settings = config.search
-    overrides: dict[str, Any] = {"data.data_dir": str(resolve_data_dir(config).resolve())}
+    # The driver made the data: a trial reads it and never generates demo data (on a node without it, it fails).
+    overrides: dict[str, Any] = {"data.data_dir": str(resolve_data_dir(config).resolve()), "data.demo": "never"}
     if settings.max_epochs:
         overrides["train.epochs"] = settings.max_epochs
     if not config.train.threads:
@@ -185,7 +200,7 @@ def _log_search_setup(parent: MlflowTracker, config: ExperimentConfig, space: Se
     record_run_config(parent, config, {"medxp.study": name, "medxp.kind": "search"}, {
         **{key: value for key, value in config.to_flat_dict().items() if key.startswith("search.")},
         "search.study": name,
-        "search.storage": storage,
+        "search.storage": redacted_url(storage),
         "search.space_file": str(space.path),
         "search.sampler_detail": f"{settings.sampler}(seed={settings.seed}, startup_trials={settings.startup_trials})",
         "search.scheduler": f"ASHA(time_attr=epoch, max_t={max_epochs}, grace_period={settings.grace_period}, "
@@ -236,17 +251,34 @@ def _run_tune(study: optuna.Study, space: SearchSpace, base: ExperimentConfig, c
 
 
 def start_ray(num_cpus: int = 0) -> bool:
-    """Starts a quiet local Ray (or joins `$RAY_ADDRESS`); returns whether this call started it."""
+    """Starts a quiet local Ray (or joins the cluster at `$RAY_ADDRESS`); returns whether this call started it.
+
+    The MLflow credentials in the driver's environment (`FORWARDED_ENV`) go to every worker
+    through Ray's runtime environment, so worker nodes need no copy of them. Joining a cluster
+    with token authentication takes `$RAY_AUTH_MODE=token` and the cluster's `$RAY_AUTH_TOKEN`.
+    """
     import ray
 
     if ray.is_initialized():
         return False
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    forwarded = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+    if forwarded:
+        options["runtime_env"] = {"env_vars": forwarded}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **options)
+        log.info("joined the Ray cluster at %s: %s", os.environ["RAY_ADDRESS"], cluster_summary())
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), **options)
     return True
+
+
+def cluster_summary() -> str:
+    """`2 node(s), 3 CPU, 3 GPU`: what the joined Ray cluster offers."""
+    import ray
+
+    resources, nodes = ray.cluster_resources(), [node for node in ray.nodes() if node.get("Alive")]
+    return f"{len(nodes)} node(s), {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU"
 
 
 class TrialRunCloser:

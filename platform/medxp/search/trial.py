@@ -5,6 +5,12 @@ evaluated and logged, a final result flagged `medxp_finished`: only that makes t
 COMPLETE in the study. When Tune stops a trial it raises `SystemExit` inside
 `tune.report`; the worker then leaves the MLflow run alone and the driver, which knows
 why the trial stopped, closes it (see `close_trial_run`), so there is one writer.
+
+On a cluster a trial may run on any node. Its run records where (`medxp.node_id`,
+`medxp.node_ip`, `medxp.hostname`) and the devices it was given (`medxp.cuda_visible_devices`,
+`medxp.ray_gpu_ids`), and before training it checks that the data on its node has the
+fingerprint the driver recorded: a missing or different copy fails the trial with an error
+naming the node, the path and both fingerprints.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -22,7 +29,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
 
 from medxp.config import ExperimentConfig
-from medxp.data.datamodule import PriorAudit
+from medxp.data.datamodule import DataModule, PriorAudit, create_datamodule
+from medxp.errors import MedxpError
+from medxp.models.backbones import pretrained_input
 from medxp.search.study import EPOCH, EPOCH_OBJECTIVE, FINISHED, MODEL_URI, OBJECTIVE, PARAMS, RUN_ID, TRIAL_NUMBER
 from medxp.tracking.mlflow_tracker import MlflowTracker
 
@@ -41,6 +50,8 @@ class TrialContext:
     parent_run_id: str
     study_name: str
     epoch_metric: str
+    data_dir: str = ""
+    data_fingerprint: str = ""
 
 
 class TuneReporter:
@@ -73,13 +84,52 @@ def run_trial(tune_config: dict, *, base: ExperimentConfig, context: TrialContex
     mlflow.set_tracking_uri(context.tracking_uri)
     params, number = tune_config[PARAMS], tune_config[TRIAL_NUMBER]
     with trial_run(context, number, params) as tracker:
-        config = base.replace(params, origin=f"search trial {number}")
+        tracker.set_tags(placement_tags())
+        config = pretrained_input(base.replace(params, origin=f"search trial {number}"))
+        data = node_data(config, context, prior_audit)
         result = run_experiment(config, tracker, callbacks=[TuneReporter(context.epoch_metric, tracker.run_id)],
-                                log_model=True, progress=False, prior_audit=prior_audit)
+                                log_model=True, progress=False, data=data)
     history = result.fit.history
     tune.report({OBJECTIVE: float(result.objective), EPOCH: len(history), FINISHED: True, RUN_ID: tracker.run_id,
                  MODEL_URI: result.model_uri or "",
                  EPOCH_OBJECTIVE: float(history[-1][context.epoch_metric]) if history else float("nan")})
+
+
+def placement_tags() -> dict[str, str]:
+    """Where this trial runs: the Ray node, its address and host name, and the devices Ray gave it."""
+    import ray
+
+    return {"medxp.node_id": ray.get_runtime_context().get_node_id(), "medxp.node_ip": ray.util.get_node_ip_address(),
+            "medxp.hostname": socket.gethostname(),
+            "medxp.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+            "medxp.ray_gpu_ids": ",".join(str(gpu) for gpu in ray.get_gpu_ids())}
+
+
+def node_data(config: ExperimentConfig, context: TrialContext, prior_audit: PriorAudit | None) -> DataModule:
+    """The trial's data as this node sees it, checked against the fingerprint the driver recorded.
+
+    Raises:
+        MedxpError: the data is missing on this node or differs from the driver's (node, path and
+            both fingerprints in the message).
+    """
+    node = f"node {socket.gethostname()} ({_node_id()})"
+    try:
+        data = create_datamodule(config, prior_audit)
+    except MedxpError as error:
+        raise MedxpError(f"{node}: cannot read the search's data at {context.data_dir} (the driver's fingerprint "
+                         f"{context.data_fingerprint}): {error}. Every node needs the same data at the same path "
+                         "(a shared mount): see README, cluster mode") from error
+    if context.data_fingerprint and data.fingerprint != context.data_fingerprint:
+        raise MedxpError(f"{node}: the data at {context.data_dir} has fingerprint {data.fingerprint}, but the driver "
+                         f"recorded {context.data_fingerprint}: this node's copy differs from the driver's; every node "
+                         "needs the same data at the same path (a shared mount): see README, cluster mode")
+    return data
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()[:12] if ray.is_initialized() else "no Ray node"
 
 
 @contextlib.contextmanager
