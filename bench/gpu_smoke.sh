@@ -38,7 +38,7 @@ cd "$work"
 "$PY" -m medxp.cli search --dataset glaucoma --name "$study" --no-progress --set "${settings[*]}"
 echo "search wall time: $(( $(date +%s) - started )) s"
 
-STUDY="$study" "$PY" - <<'EOF'
+STUDY="$study" MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false "$PY" - <<'EOF'
 """Reads the trials back: throughput from the per-epoch metric timestamps, devices from the tags."""
 import os
 
@@ -51,7 +51,7 @@ runs = client.search_runs([experiment.experiment_id], f"tags.`medxp.study` = '{o
 trials = sorted((run for run in runs if "medxp.trial_number" in run.data.tags),
                 key=lambda run: int(run.data.tags["medxp.trial_number"]))
 print(f"\n{'trial':>5} {'state':>9} {'epochs':>6} {'s/epoch':>8} {'img/s':>7}  node          CUDA_VISIBLE_DEVICES  ray_gpu_ids")
-total_images = 0
+images, epochs, spans = 0, 0, []
 for run in trials:
     tags = run.data.tags
     # train_loss is logged once per epoch (step = epoch): the gaps between its timestamps are epoch times
@@ -60,13 +60,19 @@ for run in trials:
     environment = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/config/environment.json")
     train_images = sum(environment["data"]["class_counts"]["train"].values())
     epoch_s = (stamps[-1] - stamps[0]) / 1000 / (len(stamps) - 1) if len(stamps) > 1 else float("nan")
-    total_images += train_images * len(stamps)
+    images, epochs = images + train_images * len(stamps), epochs + len(stamps)
+    spans.append((stamps[0] / 1000 - epoch_s, stamps[-1] / 1000))  # first epoch's start (estimated) to last's end
     print(f"{tags['medxp.trial_number']:>5} {tags.get('medxp.trial_state', '?'):>9} {len(stamps):>6} "
           f"{epoch_s:>8.2f} {train_images / epoch_s:>7.0f}  {tags.get('medxp.node_id', '')[:12]:<12}  "
           f"{tags.get('medxp.cuda_visible_devices', ''):<20}  {tags.get('medxp.ray_gpu_ids', '')}")
 (parent,) = [run for run in runs if "medxp.trial_number" not in run.data.tags]
 search_s = (parent.info.end_time - parent.info.start_time) / 1000
+training_s, reach = 0.0, float("-inf")  # the time during which at least one trial was training
+for start, end in sorted(spans):
+    training_s, reach = training_s + max(0.0, end - max(start, reach)), max(reach, end)
 params = trials[0].data.params if trials else {}
-print(f"all trials together: {total_images / search_s:.0f} training images/s over the search's {search_s:.0f} s "
-      f"({len(trials)} trials; train.device={params.get('train.device')}, train.amp={params.get('train.amp')})")
+print(f"{len(trials)} trials (train.device={params.get('train.device')}, train.amp={params.get('train.amp')}): "
+      f"{images / training_s:.0f} training images/s over the {training_s:.0f} s some trial was training; "
+      f"{epochs} epochs in the search's {search_s:.0f} s ({60 * epochs / search_s:.1f} epochs/min, start-up, "
+      "evaluation and model logging included)")
 EOF
