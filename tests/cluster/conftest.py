@@ -60,7 +60,8 @@ class Cluster:
         env.update(self.server.client_env())
         env.update(self.head.ray_env())
         env.update({"RAY_ADDRESS": self.head.head_address, "MEDXP_SEARCH_STORAGE": self.storage(),
-                    "PGPASSWORD": self.postgres.password, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"})
+                    "PGPASSWORD": self.postgres.password, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1",
+                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
         env.update(extra)
         return env
 
@@ -75,6 +76,16 @@ class Cluster:
         workdir.mkdir(exist_ok=True)
         return subprocess.run(self.search_command(name, n_trials, **settings), cwd=workdir, env=self.driver_env(),
                               capture_output=True, text=True, timeout=timeout)
+
+    def run_main(self, name: str, n_trials: int, timeout: float = 900, **settings) -> subprocess.CompletedProcess:
+        """The lab's command: `mlflow run <repo> -P dataset=glaucoma` (search, evaluate, explain, register)."""
+        overrides = {**SEARCH_SETTINGS, "search.n_trials": n_trials, **settings}
+        text = " ".join(f"{key}={_yaml(value)}" for key, value in overrides.items())
+        command = [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "--env-manager", "local",
+                   "-P", "dataset=glaucoma", "-P", f"data_dir={self.data_dir}", "-P", f"search_name={name}",
+                   "-P", f"overrides={text}"]
+        return subprocess.run(command, cwd=self.root, env=self.driver_env(), capture_output=True, text=True,
+                              timeout=timeout)
 
     def start_search(self, name: str, n_trials: int, **settings) -> subprocess.Popen:
         workdir = self.root / f"driver-{name}"

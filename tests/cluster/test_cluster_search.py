@@ -91,9 +91,12 @@ def test_the_server_refuses_requests_without_credentials(cluster: Cluster):
         assert response.status == 200
 
 
-def test_a_search_spreads_over_two_nodes_with_one_gpu_per_trial(cluster: Cluster, client: MlflowClient):
-    done = cluster.run_search("spread", 6, **{"search.gpus_per_trial": 1, "search.max_concurrent": 3})
+def test_the_labs_command_spreads_a_search_over_two_nodes_with_one_gpu_per_trial(cluster: Cluster,
+                                                                              client: MlflowClient):
+    done = cluster.run_main("spread", 6, **{"search.gpus_per_trial": 1, "search.max_concurrent": 3})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (version,) = client.search_model_versions("name = 'glaucoma-classifier-demo'")  # registered on the server
+    assert version.tags["data.synthetic"] == "true"
 
     (parent,) = runs_of(client, "spread", children=False)
     children = runs_of(client, "spread")
