@@ -36,7 +36,7 @@ system-deps:
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
-# Each script prints its table and writes bench/results/<name>.json; `make bench BENCH=lime_speed` runs one.
+# Each script prints its table and writes bench/results/<name>*.json; `make bench BENCH=lime_speed` runs one.
 BENCH ?= trainer_overhead lime_speed parallel_scaling search_efficiency
 bench: install
 	for name in $(BENCH); do $(PY) bench/$$name.py || exit 1; done

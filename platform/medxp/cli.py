@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--output", default="", help="folder for report.html and report.json (default: audit/<dataset>)")
     audit.set_defaults(handler=_audit)
     download = verbs.add_parser("download", help="fetch a project's data (MedMNIST; Kaggle with credentials)")
-    download.add_argument("project", help="a folder under projects/, e.g. pneumoniamnist")
+    download.add_argument("project", help="a folder under projects/ or a MedMNIST 2D flag, e.g. bloodmnist")
     download.add_argument("--target", default="", help="where to put it (default: the project's data_dir)")
     download.add_argument("--force", action="store_true", help="fetch again even if the data is there")
     download.set_defaults(handler=_download)
@@ -97,7 +97,8 @@ def _add_model_uri_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="a folder under projects/, e.g. glaucoma")
+    parser.add_argument("--dataset", required=True,
+                        help="a folder under projects/ (e.g. glaucoma) or any MedMNIST 2D flag (e.g. bloodmnist)")
     parser.add_argument("--experiment", default="",
                         help="a variant under projects/<dataset>/experiments/ (e.g. an ablation step)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -264,12 +265,16 @@ def _synthetic(config) -> bool:
 
 
 def _list(args: argparse.Namespace) -> None:
-    from medxp.config import experiment_names, project_names
+    from medxp.config import experiment_names, generic_project_names, is_generic_project, project_names
     from medxp.models import model_names
 
     for name in project_names():
         experiments = experiment_names(name)
         print(f"dataset {name}" + (f" (experiments: {', '.join(experiments)})" if experiments else ""))
+    generic = [name for name in generic_project_names() if is_generic_project(name)]
+    if generic:
+        print("MedMNIST 2D flags without a project folder (generic project from MedMNIST's metadata):",
+              ", ".join(generic))
     print("models:", ", ".join(model_names()))
 
 

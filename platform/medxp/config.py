@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from medxp import medmnist_flags
 from medxp.choices import modality_spec_checks, registered_choices
 from medxp.errors import MedxpError
 
@@ -101,6 +102,16 @@ class ModelConfig:
     pretrained_file: str = ""
     unfrozen_layers: int = -1
     channels_last: bool = True
+    # hist_gradient_boosting (scikit-learn's HistGradientBoostingClassifier, same defaults): learning
+    # rate, iteration budget (early stopping on validation may end sooner), leaves per tree, depth
+    # (0: no limit), rows per leaf, L2 penalty on leaf values, share of features each split considers.
+    gb_learning_rate: float = 0.1
+    gb_max_iter: int = 100
+    gb_max_leaf_nodes: int = 31
+    gb_max_depth: int = 0
+    gb_min_samples_leaf: int = 20
+    gb_l2_regularization: float = 0.0
+    gb_max_features: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -162,6 +173,8 @@ class SearchConfig:
     is stopped once later arrivals put it below the rung's cutoff (`PruningScheduler`).
     A proposal that repeats a finished trial's parameters takes that trial's outcome instead
     of training the same model again, unless `rerun_duplicates` is true.
+    `ensemble_top` (the main flow): with K >= 2, the mean of the K best finished trials' models
+    is scored on validation and registered instead of the best trial's when it scores higher there.
     """
 
     name: str = ""
@@ -177,6 +190,7 @@ class SearchConfig:
     startup_trials: int = 4
     seed: int = 42
     rerun_duplicates: bool = False
+    ensemble_top: int = 0
     storage: str = ""
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -330,9 +344,25 @@ def project_file(dataset: str) -> Path:
     """Path of `projects/<dataset>/project.yaml`; an unknown dataset lists the valid names."""
     path = projects_dir() / dataset / "project.yaml"
     if not path.is_file():
+        if dataset in medmnist_flags.REFUSED:
+            raise MedxpError(medmnist_flags.refusal(dataset))
+        if dataset in medmnist_flags.FLAGS_2D:
+            raise MedxpError(f"dataset '{dataset}': no {path}; it loads as a generic MedMNIST project "
+                             f"(load_project), which has no project file")
         valid = ", ".join(project_names()) or f"(none found under {projects_dir()})"
-        raise MedxpError(f"unknown dataset '{dataset}': no {path}; valid: {valid}")
+        raise MedxpError(f"unknown dataset '{dataset}': no {path}; valid: {valid}; or any MedMNIST 2D flag "
+                         f"(a generic project from MedMNIST's metadata): {', '.join(generic_project_names())}")
     return path
+
+
+def generic_project_names() -> list[str]:
+    """MedMNIST 2D flags accepted as datasets: the ones without a project folder get a generic project."""
+    return sorted(medmnist_flags.FLAGS_2D)
+
+
+def is_generic_project(dataset: str) -> bool:
+    """Whether `dataset` loads as a generic MedMNIST project: a MedMNIST 2D flag without `projects/<dataset>/`."""
+    return dataset in medmnist_flags.FLAGS_2D and not (projects_dir() / dataset / "project.yaml").is_file()
 
 
 def load(path: str | Path, overrides: Mapping[str, Any] | None = None,
@@ -353,6 +383,12 @@ def load(path: str | Path, overrides: Mapping[str, Any] | None = None,
     """
     path = Path(path)
     config = _build(_read_sections(path), str(path), source=str(path))
+    return _with_variants(config, overrides, experiment)
+
+
+def _with_variants(config: ExperimentConfig, overrides: Mapping[str, Any] | None,
+                   experiment: str | Path | None) -> ExperimentConfig:
+    """`config` with an experiment file's sections, then the overrides, applied."""
     if experiment:
         experiment = Path(experiment)
         flat = {f"{section}.{key}": value for section, values in _read_sections(experiment).items()
@@ -365,18 +401,34 @@ def load(path: str | Path, overrides: Mapping[str, Any] | None = None,
 
 def load_project(dataset: str, overrides: Mapping[str, Any] | None = None,
                  experiment: str | None = None) -> ExperimentConfig:
-    """The project's config, with `projects/<dataset>/experiments/<experiment>.yaml` and overrides applied."""
+    """The project's config, with `projects/<dataset>/experiments/<experiment>.yaml` and overrides applied.
+
+    A MedMNIST 2D flag without a project folder loads its generic project
+    (`medxp.medmnist_flags.generic_project`): MedMNIST's class names, channels and task, 28 px
+    small_cnn defaults, the search space `medmnist`. chestmnist (multi-label) and the 3D flags
+    are refused, naming the flag and why.
+    """
+    if is_generic_project(dataset):
+        origin = f"generic MedMNIST project '{dataset}'"
+        config = _build(medmnist_flags.generic_project(dataset), origin, source=origin)
+        return _with_variants(config, overrides, experiment_file(dataset, experiment) if experiment else None)
     return load(project_file(dataset), overrides, experiment_file(dataset, experiment) if experiment else None)
 
 
 def experiment_names(dataset: str) -> list[str]:
-    """The experiments a project defines (files under `projects/<dataset>/experiments/`)."""
+    """The experiments a project defines (files under `projects/<dataset>/experiments/`); a generic project has none."""
+    if is_generic_project(dataset):
+        return []
     folder = project_file(dataset).parent / "experiments"
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
 def experiment_file(dataset: str, name: str) -> Path:
     """Path of one experiment of a project; an unknown name lists the project's experiments."""
+    if is_generic_project(dataset):
+        raise MedxpError(f"unknown experiment '{name}' of dataset '{dataset}': a generic MedMNIST project has no "
+                         f"experiments; expected none, or projects/{dataset}/project.yaml with "
+                         f"experiments/{name}.yaml beside it")
     path = project_file(dataset).parent / "experiments" / f"{name}.yaml"
     if not path.is_file():
         valid = ", ".join(experiment_names(dataset)) or "(none)"
@@ -501,6 +553,7 @@ def _validate(config: ExperimentConfig, origin: str) -> None:
         ("model.head_dropout", 0 <= config.model.head_dropout < 1, "a probability in [0, 1)"),
         ("model.pretrained", config.model.pretrained in (True, False, "auto"), "true, false or auto"),
         ("model.unfrozen_layers", config.model.unfrozen_layers >= -1, "-1 (all), 0 (head only) or a layer count"),
+        *_gradient_boosting_checks(config.model),
         ("eval.confidence", 0 < config.eval.confidence < 1, "a level in (0, 1)"),
         ("cv.folds", config.cv.folds == 0 or config.cv.folds >= 2, "0 (all given folds, or 5) or a count >= 2"),
         ("audit.near_duplicate_distance", 0 <= config.audit.near_duplicate_distance < 64,
@@ -565,6 +618,19 @@ def _valid_class_weights(config: ExperimentConfig) -> bool:
     return len(weights) == len(config.dataset.class_names) and all(w > 0 for w in weights)
 
 
+def _gradient_boosting_checks(model: ModelConfig) -> list[tuple[str, bool, str]]:
+    """(key, ok, expected) checks of the `model.gb_*` keys: scikit-learn's ranges for them."""
+    return [
+        ("model.gb_learning_rate", model.gb_learning_rate > 0, "a learning rate > 0"),
+        ("model.gb_max_iter", model.gb_max_iter >= 1, "at least one iteration"),
+        ("model.gb_max_leaf_nodes", model.gb_max_leaf_nodes >= 2, "at least 2 leaves per tree"),
+        ("model.gb_max_depth", model.gb_max_depth >= 0, "a depth >= 1, or 0 for no limit"),
+        ("model.gb_min_samples_leaf", model.gb_min_samples_leaf >= 1, "at least 1 row per leaf"),
+        ("model.gb_l2_regularization", model.gb_l2_regularization >= 0, "a penalty >= 0"),
+        ("model.gb_max_features", 0 < model.gb_max_features <= 1, "a share of the features in (0, 1]"),
+    ]
+
+
 def _search_checks(search: SearchConfig, train_epochs: int) -> list[tuple[str, bool, str]]:
     """(key, ok, expected) checks of the search settings."""
     max_epochs = search.max_epochs or train_epochs
@@ -581,6 +647,8 @@ def _search_checks(search: SearchConfig, train_epochs: int) -> list[tuple[str, b
         ("search.cpus_per_trial", search.cpus_per_trial > 0, "a CPU count > 0"),
         ("search.gpus_per_trial", search.gpus_per_trial >= 0, "a GPU count (or fraction) >= 0"),
         ("search.ray_cpus", search.ray_cpus >= 0, "a CPU count >= 0 (0: all cores)"),
+        ("search.ensemble_top", search.ensemble_top >= 0 and search.ensemble_top != 1,
+         "0 (the best trial alone) or a count >= 2 of best trials to average"),
     ]
 
 

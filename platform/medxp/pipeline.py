@@ -44,7 +44,8 @@ class ExperimentResult:
 
 def run_experiment(config: ExperimentConfig, tracker: Tracker, callbacks: Sequence[Any] = (),
                    log_model: bool = True, progress: bool = True,
-                   data: DataModule | None = None, prior_audit: PriorAudit | None = None) -> ExperimentResult:
+                   data: DataModule | None = None, prior_audit: PriorAudit | None = None,
+                   splits: Sequence[str] = ("valid", "test")) -> ExperimentResult:
     """Trains and evaluates one configuration, logging everything through `tracker`.
 
     Args:
@@ -55,6 +56,8 @@ def run_experiment(config: ExperimentConfig, tracker: Tracker, callbacks: Sequen
         progress: Show progress bars.
         data: The splits to use instead of `create_datamodule(config)` (a stratified CV fold).
         prior_audit: The data's audit made once before (a search's driver), used instead of auditing again.
+        splits: The splits scored after training; `valid` always (it fits the decision rule). A search
+            trial scores `valid` alone: the test split is scored once, on the model the search chooses.
 
     Returns:
         The result, whose `objective` is `val_<eval.primary_metric>` of the weights training handed back
@@ -71,7 +74,8 @@ def run_experiment(config: ExperimentConfig, tracker: Tracker, callbacks: Sequen
     fit, trainer = fit_in_stages(model, data, config, [EpochLogger(tracker), *callbacks], progress)
     record_fit(tracker, fit)
     # The threshold and temperature are fitted on valid and applied unchanged to test.
-    evaluations = evaluate_splits(model, {split: data.loader(split, 128) for split in ("valid", "test")},
+    scored = ("valid", *(split for split in splits if split != "valid"))
+    evaluations = evaluate_splits(model, {split: data.loader(split, 128) for split in scored},
                                   data.class_names, config.dataset.positive_class, config.eval, trainer.device,
                                   config.model.channels_last)
     for evaluation in evaluations.values():
@@ -79,7 +83,8 @@ def run_experiment(config: ExperimentConfig, tracker: Tracker, callbacks: Sequen
     logged = inference_model(model, config, data, evaluations["valid"].rule)
     model_uri = tracker.log_model(logged, example_batch(data)) if log_model else None
     objective = evaluations["valid"].metrics[config.eval.primary_metric]
-    log.info("test %s = %.4f", config.eval.primary_metric, evaluations["test"].metrics[config.eval.primary_metric])
+    for split in scored[1:]:
+        log.info("%s %s = %.4f", split, config.eval.primary_metric, evaluations[split].metrics[config.eval.primary_metric])
     return ExperimentResult(objective, evaluations, fit, model, data, model_uri)
 
 

@@ -324,7 +324,11 @@ def _test_metrics(run: Run) -> list[str]:
 
 
 def _training_section(run: Run, config: ExperimentConfig) -> str:
+    from medxp.models.factory import model_info
+
     train, model, metrics = config.train, config.model, run.data.metrics
+    if model_info(model.name).trainer == "estimator":
+        return _estimator_training_section(run, config)
     trained = ""
     if "epochs_trained" in metrics:
         trained = f" (trained {int(metrics['epochs_trained'])}, best epoch {int(metrics.get('best_epoch', 0))})"
@@ -332,6 +336,22 @@ def _training_section(run: Run, config: ExperimentConfig) -> str:
             f"unfrozen_layers {model.unfrozen_layers}); optimizer {train.optimizer}, lr {train.lr:g}, "
             f"weight decay {train.weight_decay:g}, batch size {train.batch_size}, epochs {train.epochs}{trained}, "
             f"patience {train.patience} on {train.monitor}, seed {train.seed}.")
+
+
+def _estimator_training_section(run: Run, config: ExperimentConfig) -> str:
+    """A model fitted in one call (`training.estimator`): its own `model.*` settings and the `train.*` keys it read."""
+    from medxp.models.factory import model_info
+
+    train, model, metrics = config.train, config.model, run.data.metrics
+    settings = ", ".join(f"{key} {_number(getattr(model, key))}" for key in model_info(model.name).accepts)
+    fitted = ""
+    if "epochs_trained" in metrics:
+        fitted = (f" (fitted {int(metrics['epochs_trained'])} iterations, kept "
+                  f"{int(metrics.get('restored_epoch', metrics['epochs_trained']))})")
+    stopping = (f"early stopping after {train.patience} iterations without improvement of {train.monitor} "
+                "on the validation split" if train.patience else "no early stopping")
+    return (f"**Training**: {run.data.tags.get('model', model.name)} fitted in one call on the train split "
+            f"({settings}){fitted}; class weights {train.class_weights or 'none'}, {stopping}, seed {train.seed}.")
 
 
 def _model_settings(run: Run, model) -> str:

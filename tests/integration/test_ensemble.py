@@ -52,6 +52,10 @@ def test_ensemble_averages_members_logs_as_one_pyfunc_and_registers(tiny_config,
             np.testing.assert_allclose(predicted, expected[:batch], rtol=1e-5, atol=1e-6)
     reloaded = load_inference_model(f"models:/ensemble-demo/{version}")
     assert isinstance(reloaded, EnsembleModel) and len(reloaded.members) == 2
+    # The binary ensemble's own operating point, chosen on valid, is logged and travels with the model.
+    assert run.data.tags["eval.threshold_split"] == "valid" and "test_op_sensitivity" in run.data.metrics
+    assert reloaded.threshold == pytest.approx(run.data.metrics["operating_threshold"])
+    assert reloaded.positive_index == 1 and reloaded.operating_point == "youden"
 
     smaller = _train(tiny_config, 3, **{"dataset.image_size": 24})
     with pytest.raises(MedxpError, match="input shape") as raised:

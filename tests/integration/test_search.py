@@ -107,6 +107,9 @@ def test_parent_has_one_nested_child_run_per_trial(searched):
     finished = [r for r in children if r.data.tags["medxp.trial_state"] == "finished"]
     history = searched.client.get_metric_history(finished[0].info.run_id, "val_roc_auc")
     assert [m.step for m in history] == [1, 2, 3]
+    # Trials are scored on validation only: the test split is left for the model the search chooses.
+    assert "valid_accuracy_ci_low" in finished[0].data.metrics
+    assert not [key for run in children for key in run.data.metrics if key.startswith("test_")]
 
 
 def test_resume_runs_only_the_missing_trials_and_fails_the_leftover(searched):

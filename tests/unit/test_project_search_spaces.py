@@ -9,6 +9,7 @@ import torch
 from medxp.config import experiment_names, load_project, project_names
 from medxp.errors import MedxpError
 from medxp.models import create_model
+from medxp.models.estimator import EstimatorFit, EstimatorModel
 from medxp.models.factory import check_settings
 from medxp.search.space import load_search_space
 
@@ -34,18 +35,28 @@ def test_every_project_has_its_own_space_that_fits_its_model(project):
         sampled = config.replace(space(trial), origin=f"{space.path}: a sample")
         study.tell(trial, 0.0)
         model = create_model(sampled.model, sampled.dataset).eval()
+        if isinstance(model, EstimatorModel):  # fitted in one call before it predicts anything
+            fit_on_random_rows(model, sampled)
         with torch.no_grad():
             assert model(model_input(sampled)).shape == (2, len(config.dataset.class_names))
+
+
+def fit_on_random_rows(model: EstimatorModel, config) -> None:
+    """Fits an estimator model on random rows of the config's input shape, every class present."""
+    classes = len(config.dataset.class_names)
+    rows = torch.randn(20 * classes, len(config.dataset.feature_columns)).numpy()
+    model.fit_arrays(rows, torch.arange(len(rows)).numpy() % classes, None, None, EstimatorFit())
 
 
 EXPERIMENTS = [(project, experiment) for project in project_names() for experiment in experiment_names(project)]
 # Keys a staged run (train.stage_epochs set) does not read: each stage has its own epochs, lr and unfrozen layers.
 STAGED_RUN_IGNORES = {"train.lr", "train.epochs", "model.unfrozen_layers"}
-# What an experiment fixes on purpose (what its study compares or is about): never searched.
+# What an experiment fixes on purpose (what its study compares or is about): never searched. Keyed
+# by project (all its experiments), or by project/experiment.
 FIXED_ON_PURPOSE = {
     "covid_radiography": {"model.batch_norm", "model.dropout", "model.head_dropout", "train.patience"},
     "chest_xray_pneumonia": {"train.class_weights"},
-    "fetal_health": {"train.class_weights"},
+    "fetal_health/mlp_class_weights": {"train.class_weights"},
     "glaucoma": {"train.stage_unfrozen_layers", "train.stage_epochs"},
     "organsmnist": {"model.channels", "model.unfrozen_layers"},
 }
@@ -57,7 +68,7 @@ def test_every_experiment_has_a_space_that_fits_its_model(project, experiment):
     space = load_search_space(config.search.space or config.dataset.name)
     space.check_against(config)  # refused when it searches a model.* key the experiment's model does not read
     searched = {p.config_key for p in space.parameters}
-    assert not searched & FIXED_ON_PURPOSE.get(project, set())
+    assert not searched & (FIXED_ON_PURPOSE.get(project, set()) | FIXED_ON_PURPOSE.get(f"{project}/{experiment}", set()))
     if config.train.stage_epochs:
         assert not searched & STAGED_RUN_IGNORES, f"{space.path}: searches keys a staged run ignores"
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
@@ -81,9 +92,21 @@ def test_the_staged_efficientnet_searches_the_stage_rates_it_trains_with():
         assert [lr for _, _, lr in stages] == choice
 
 
-def test_fetal_health_space_searches_the_mlp_widths_and_class_weights():
+def test_fetal_health_space_searches_the_gradient_boosting_and_class_weights():
     config = load_project("fetal_health")
     space = load_search_space("fetal_health")
+    assert config.model.name == "hist_gradient_boosting"
+    by_key = {p.config_key: p for p in space.parameters}
+    assert {"model.gb_learning_rate", "model.gb_max_iter", "model.gb_max_leaf_nodes", "model.gb_min_samples_leaf",
+            "model.gb_l2_regularization", "model.gb_max_features", "train.class_weights"} == set(by_key)
+    assert set(by_key["train.class_weights"].choices) == {"", "balanced"}
+    space.check_against(config)
+
+
+def test_fetal_health_mlp_space_searches_the_mlp_widths_and_class_weights():
+    config = load_project("fetal_health", experiment="mlp")
+    space = load_search_space(config.search.space)
+    assert space.path.name == "fetal_health_mlp.yaml"
     by_key = {p.config_key: p for p in space.parameters}
     assert {"model.hidden_sizes", "model.dropout", "train.lr", "train.batch_size", "train.weight_decay",
             "train.class_weights"} == set(by_key)
@@ -131,8 +154,8 @@ def test_bad_list_choices_are_errors_naming_file_and_key(tmp_path, choices, expe
 def test_the_best_trial_of_a_list_choice_becomes_the_best_config():
     from medxp.search.runner import _result, trial_base_config
 
-    config = load_project("fetal_health", {"data.data_dir": "/nowhere"})
-    space = load_search_space("fetal_health")
+    config = load_project("fetal_health", {"data.data_dir": "/nowhere"}, experiment="mlp")
+    space = load_search_space("fetal_health_mlp")
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     for value, widths in ((0.6, "[64]"), (0.9, "[128, 64]")):
         study.enqueue_trial({"model.hidden_sizes": widths})

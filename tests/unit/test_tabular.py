@@ -77,8 +77,10 @@ def test_modalities_are_a_registry_that_create_datamodule_follows(fetal, monkeyp
     assert create_datamodule(config) == "rows" and built == [config]
 
 
-def test_mlp_trains_and_evaluates_through_the_ordinary_pipeline(fetal):
-    result = run_experiment(fetal, NullTracker(), log_model=False, progress=False)
+@pytest.mark.parametrize("model", ["hist_gradient_boosting", "mlp"])
+def test_tabular_models_train_and_evaluate_through_the_ordinary_pipeline(fetal, model):
+    config = fetal.replace({"model": model, "model.gb_max_iter": 5})
+    result = run_experiment(config, NullTracker(), log_model=False, progress=False)
     assert set(result.evaluations) == {"valid", "test"}
     assert result.evaluations["test"].y_prob.shape == (12, 3)
 

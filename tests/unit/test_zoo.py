@@ -101,7 +101,7 @@ def test_mlp_has_the_hidden_sizes_and_dropouts_asked_for():
 def test_image_models_refuse_tabular_data_naming_the_models_that_fit():
     config = load_project("fetal_health", {"model": "resnet18"})
     with pytest.raises(MedxpError, match=r"'resnet18' reads image data but dataset 'fetal_health' is tabular; "
-                                         r"expected one of: mlp"):
+                                         r"expected one of: hist_gradient_boosting, mlp"):
         create_model(config.model, config.dataset)
 
 

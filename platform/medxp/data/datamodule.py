@@ -15,17 +15,18 @@ medxp.choices (read without importing this module).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medxp import choices
-from medxp.config import DatasetSpec, ExperimentConfig, resolve_data_dir
+from medxp.config import DatasetSpec, ExperimentConfig, is_generic_project, resolve_data_dir
 from medxp.data import medmnist  # noqa: F401  (registers the medmnist source)
 from medxp.data.cache import split_images
 from medxp.data.folds import LabelledFiles
@@ -58,7 +59,13 @@ def _ctg(root: Path, config: ExperimentConfig) -> Path:
 
 
 class ArrayDataset(Dataset):
-    """Decoded images (N, C, H, W) uint8 with labels; transforms run per sample on tensors."""
+    """Decoded images (N, C, H, W) uint8 with labels; transforms run per sample on tensors.
+
+    A batch's samples are transformed on one intra-op thread (`__getitems__`, which PyTorch's
+    DataLoader calls with a batch's indices): on one small image the thread pool costs more
+    than it saves, about 27x for a 28 px random affine and 10x at 224 px, measured on 2 cores
+    (bench/data_cache.py prints the loader's figures).
+    """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable | None = None) -> None:
         self.images = torch.from_numpy(images)
@@ -71,6 +78,26 @@ class ArrayDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.images[index]
         return (self.transform(image) if self.transform else image), self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self.transform is None:
+            return [self[index] for index in indices]
+        with one_thread():
+            return [self[index] for index in indices]
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Runs the block on a single intra-op thread, then restores the thread count."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -239,15 +266,24 @@ def ensure_data(config: ExperimentConfig) -> Path:
     demo, generator = config.data.demo, config.dataset.demo
     if demo == "always" or (demo == "auto" and not root.exists()):
         if not generator:
+            fetch = (f", or fetch it with `medxp download {config.dataset.name}`"
+                     if config.dataset.layout == "medmnist" else "")
             raise MedxpError(f"{root}: data folder not found, and dataset '{config.dataset.name}' has no demo "
-                             f"data generator; put the data there or pass data_dir=")
+                             f"data generator; put the data there or pass data_dir={fetch}")
         return DEMO_GENERATORS.get(generator)(root, config)
     if root.is_file() and (config.dataset.layout in ARRAY_SOURCES or MODALITIES.get(config.dataset.modality).one_file):
         return root
     if not root.is_dir():
         raise MedxpError(f"{root}: data folder not found (data.demo={demo}); expected the "
-                         f"'{config.dataset.layout}' layout described in projects/{config.dataset.name}/README.md")
+                         f"'{config.dataset.layout}' layout described in {_layout_docs(config)}")
     if not any(root.iterdir()):
         raise MedxpError(f"{root}: data folder is empty; expected the '{config.dataset.layout}' layout "
-                         f"described in projects/{config.dataset.name}/README.md")
+                         f"described in {_layout_docs(config)}")
     return root
+
+
+def _layout_docs(config: ExperimentConfig) -> str:
+    """Where the layout a project reads is described: its README, or medxp's for a generic MedMNIST project."""
+    if is_generic_project(config.dataset.name):
+        return f"README.md, any MedMNIST 2D flag (`medxp download {config.dataset.name}` fetches it)"
+    return f"projects/{config.dataset.name}/README.md"

@@ -8,6 +8,7 @@ images are decompressed when the decoded-image cache asks for them (once per siz
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from medxp.data.images import pixels_for_spec
 from medxp.data.sources import ARRAY_SOURCES, SourceData, SplitData
 from medxp.errors import MedxpError
 from medxp.hashing import file_sha256
+
+log = logging.getLogger(__name__)
 
 # medxp split -> npz key prefix.
 SPLIT_PREFIXES = {"train": "train", "valid": "val", "test": "test"}
@@ -51,6 +54,7 @@ def read_medmnist(root: Path, config: ExperimentConfig) -> SourceData:
     shapes = array_shapes(path)
     splits = {split: _read_split(path, prefix, shapes, len(spec.class_names))
               for split, prefix in SPLIT_PREFIXES.items()}
+    _check_classes_present(path, splits, spec.class_names)
     fingerprint = file_sha256(path)[:16]  # the data fingerprint of an array file
     status = path.stat()
     return SourceData(splits, fingerprint, f"{fingerprint}-{status.st_size}-{status.st_mtime_ns}")
@@ -93,6 +97,16 @@ def _read_split(path: Path, prefix: str, shapes: dict[str, tuple[int, ...]], cla
                          f"{len(labels)} labels; expected one label per image")
     names = [f"{path.name}:{image_key}[{index}]" for index in range(len(labels))]
     return SplitData(labels, names, _array_decoder(path, image_key))
+
+
+def _check_classes_present(path: Path, splits: dict[str, SplitData], class_names: tuple[str, ...]) -> None:
+    """Warns when classes of dataset.class_names have no image at all: the file may be another flag's."""
+    present = set(np.unique(np.concatenate([part.labels for part in splits.values()])).tolist())
+    absent = [name for index, name in enumerate(class_names) if index not in present]
+    if absent:
+        log.warning("%s: no image of %d of the %d classes of dataset.class_names (%s); expected labels 0..%d, "
+                    "as MedMNIST's file of this flag holds", path, len(absent), len(class_names),
+                    ", ".join(absent), len(class_names) - 1)
 
 
 def _read_labels(path: Path, key: str, class_count: int) -> np.ndarray:

@@ -213,11 +213,12 @@ def fold_datamodule(base: DataModule, train: np.ndarray, held_out: np.ndarray) -
         "test": base.datasets["test"],
     }
     names = _item_names(base, pool_files, len(pool_labels))
-    files = {**base.files, "train": [pool_files[i] for i in train], "valid": [pool_files[i] for i in held_out]}
+    # Array sources (MedMNIST) list no files: their splits keep the (empty) lists they have.
+    files = ({**base.files, "train": [pool_files[i] for i in train], "valid": [pool_files[i] for i in held_out]}
+             if pool_files else base.files)
     hashed = split_hash({"train": [names[i] for i in train], "valid": [names[i] for i in held_out],
                          "test": _item_names(base, base.files.get("test", []), len(datasets["test"]), "test")})
-    return dataclasses.replace(base, datasets=datasets, files=files if pool_files else base.files,
-                               split_hash=hashed, **extra)
+    return dataclasses.replace(base, datasets=datasets, files=files, split_hash=hashed, **extra)
 
 
 def _item_names(base: DataModule, files: list, count: int, prefix: str = "pool") -> list[str]:

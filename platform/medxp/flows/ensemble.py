@@ -14,6 +14,7 @@ model registers like any other; `medxp.models.load_inference_model` loads it bac
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -31,11 +32,11 @@ from medxp.data import DataModule
 from medxp.errors import MedxpError
 from medxp.models.ensemble import EnsembleModel, MemberInfo
 from medxp.models.loading import EnsemblePyfunc, load_inference_model, member_info
-from medxp.pipeline import evaluate_and_record, evaluate_inference_model, example_batch, prepare
+from medxp.pipeline import evaluate_and_record, evaluate_inference_model, example_batch, model_inputs, prepare
 from medxp.promotion import register_model
 from medxp.tracking.base import Tracker
 from medxp.tracking.mlflow_tracker import MlflowTracker, pinned_requirements
-from medxp.training.evaluate import Evaluation
+from medxp.training.evaluate import Evaluation, fit_prediction_rule
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,14 @@ def evaluate_ensemble(ensemble: EnsembleModel, data: DataModule, split: str, con
     Raises:
         MedxpError: the ensemble's classes or input shape differ from the data's.
     """
+    check_fits(ensemble, data, split)
+    if tracker is None:
+        return evaluate_inference_model(ensemble.eval(), data, split, config)
+    return evaluate_and_record(ensemble.eval(), data, split, config, tracker)
+
+
+def check_fits(ensemble: EnsembleModel, data: DataModule, split: str) -> None:
+    """Raises MedxpError when the ensemble's classes or input shape differ from the data's."""
     if ensemble.class_names and tuple(ensemble.class_names) != tuple(data.class_names):
         raise MedxpError(f"ensemble classes {list(ensemble.class_names)} differ from 'dataset.class_names' "
                          f"{list(data.class_names)}; expected members trained on this dataset")
@@ -76,9 +85,22 @@ def evaluate_ensemble(ensemble: EnsembleModel, data: DataModule, split: str, con
     if ensemble.input_shape and tuple(ensemble.input_shape) != input_shape:
         raise MedxpError(f"ensemble input shape {list(ensemble.input_shape)} differs from the data's "
                          f"{list(input_shape)}; expected 'dataset.image_size' and 'dataset.channels' as trained")
-    if tracker is None:
-        return evaluate_inference_model(ensemble.eval(), data, split, config)
-    return evaluate_and_record(ensemble.eval(), data, split, config, tracker)
+
+
+def fit_ensemble_rule(ensemble: EnsembleModel, data: DataModule, config: ExperimentConfig) -> EnsembleModel:
+    """Gives a binary task's ensemble its operating point (`eval.operating_point`), chosen on the validation split.
+
+    The members' probabilities (each with its own temperature) are averaged as they are: no
+    temperature is fitted on the mean. Multi-class ensembles keep the arg-max.
+    """
+    with torch.no_grad():
+        y_prob = torch.cat([ensemble.eval()(batch) for batch in model_inputs(data, "valid").split(256)]).numpy()
+    rule = fit_prediction_rule(data.datasets["valid"].labels.numpy(), y_prob, data.class_names,
+                               config.dataset.positive_class, dataclasses.replace(config.eval, calibration="none"))
+    if rule.threshold is not None:
+        ensemble.set_decision({"threshold": rule.threshold, "positive_index": rule.positive_index,
+                               "operating_point": rule.operating_point, "threshold_split": rule.chosen_on})
+    return ensemble
 
 
 def log_ensemble(ensemble: EnsembleModel, tracker: MlflowTracker, input_example: np.ndarray | None = None,
@@ -104,7 +126,7 @@ def log_ensemble(ensemble: EnsembleModel, tracker: MlflowTracker, input_example:
     with tempfile.TemporaryDirectory(prefix="medxp-ensemble-") as scratch:
         artifacts = _save_members(ensemble, Path(scratch))
         info = mlflow.pyfunc.log_model(
-            name=name, python_model=EnsemblePyfunc(ensemble.member_info), artifacts=artifacts,
+            name=name, python_model=EnsemblePyfunc(ensemble.member_info, ensemble.decision), artifacts=artifacts,
             code_paths=[str(Path(medxp.__file__).parent)], pip_requirements=pinned_requirements(),
             signature=infer_signature(example, output), input_example=example,
             metadata={"medxp.kind": "ensemble", "class_names": list(ensemble.class_names),
@@ -167,8 +189,8 @@ def run_ensemble(config: ExperimentConfig, model_uris: Sequence[str], tracker: M
     Returns:
         The ensemble, its evaluations, its model URI and, when registered, the version.
     """
-    ensemble = build_ensemble(model_uris)
     data = prepare(config, tracker)
+    ensemble = fit_ensemble_rule(build_ensemble(model_uris), data, config)
     tracker.set_tags({"medxp.kind": "ensemble", "model": "ensemble"})
     evaluations = {split: evaluate_ensemble(ensemble, data, split, config, tracker) for split in ("valid", "test")}
     model_uri = log_ensemble(ensemble, tracker, example_batch(data))

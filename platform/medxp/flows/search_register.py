@@ -9,9 +9,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from typing import Any
+
+from torch import nn
+
 from medxp.config import ExperimentConfig
+from medxp.data import DataModule
 from medxp.errors import MedxpError
-from medxp.pipeline import evaluate_and_record, open_logged_model
+from medxp.pipeline import evaluate_and_record, example_batch, open_logged_model
 from medxp.tracking.mlflow_tracker import MlflowTracker
 
 log = logging.getLogger(__name__)
@@ -51,11 +56,49 @@ def search_explain_register(config: ExperimentConfig, tracker: MlflowTracker, *,
     best = search.best_config
     data, model = open_logged_model(best, search.best_model_uri, tracker, {
         "best_trial": str(search.best_trial_number), "best_run_id": str(search.best_run_id)})
+    model, model_uri = select_model(search, model, data, best, tracker)
     evaluation = evaluate_and_record(model, data, "test", best, tracker)
     explained = explain_model(model, data, best, tracker, num_samples=explain_samples) \
         if data.explainable else None
-    version = register_model(tracker.run_id, search.best_model_uri, best, synthetic=data.synthetic)
+    version = register_model(tracker.run_id, model_uri, best, synthetic=data.synthetic)
     log.info("registered %s version %s (test accuracy %.4f)", version.name, version.version,
              evaluation.metrics["accuracy"])
     return MainResult(search, evaluation.metrics, version.name, str(version.version),
                       dict(explained.explain_metrics) if explained else {})
+
+
+def select_model(search: Any, model: nn.Module, data: DataModule, best: ExperimentConfig,
+                 tracker: MlflowTracker) -> tuple[nn.Module, str]:
+    """The best trial's model, or the mean of the `search.ensemble_top` best trials' when it scores higher on valid.
+
+    Selection uses the validation split only; the test split is scored once, afterwards, on the
+    model chosen here. The run records both validation values and the tag `medxp.selected`.
+    """
+    top, metric = best.search.ensemble_top, best.eval.primary_metric
+    members = search.ranked_models[:top]
+    single = f"trial {search.best_trial_number}"
+    if top < 2 or len(members) < 2:
+        if top >= 2:
+            tracker.set_tags({"medxp.selected": f"{single} (fewer than 2 finished trials to average)"})
+        return model, search.best_model_uri
+    from medxp.flows.ensemble import build_ensemble, evaluate_ensemble, fit_ensemble_rule, log_ensemble
+
+    try:
+        ensemble = fit_ensemble_rule(build_ensemble([uri for _, _, uri in members]), data, best)
+        ensemble_value = evaluate_ensemble(ensemble, data, "valid", best).metrics[metric]
+    except MedxpError as error:  # members that disagree on input (a searched image size): the best trial alone
+        log.warning("no ensemble of the top %d trials: %s", len(members), error)
+        tracker.set_tags({"medxp.selected": f"{single} (no ensemble: {str(error)[:300]})"})
+        return model, search.best_model_uri
+    trials = ", ".join(str(number) for number, _, _ in members)
+    tracker.log_metrics({f"valid_{metric}_best_trial": float(search.best_value),
+                         f"valid_{metric}_ensemble_top{len(members)}": float(ensemble_value)})
+    if not ensemble_value > search.best_value:
+        tracker.set_tags({"medxp.selected": f"{single}: val {metric} {search.best_value:.4f}, the mean of trials "
+                                            f"{trials} {ensemble_value:.4f}"})
+        return model, search.best_model_uri
+    log.info("the mean of trials %s scores val %s %.4f > %.4f (trial %s alone): registering the ensemble",
+             trials, metric, ensemble_value, search.best_value, search.best_trial_number)
+    tracker.set_tags({"medxp.selected": f"ensemble of trials {trials}: val {metric} {ensemble_value:.4f} > "
+                                        f"{search.best_value:.4f} ({single} alone)", "model": "ensemble"})
+    return ensemble, log_ensemble(ensemble, tracker, example_batch(data))

@@ -16,6 +16,10 @@ from torch import nn
 
 from medxp.errors import MedxpError
 
+# What an ensemble's decision holds: the attributes an `InferenceModel` carries for its rule.
+DECISION_KEYS = ("threshold", "positive_index", "operating_point", "threshold_split")
+
+
 @dataclass(frozen=True)
 class MemberInfo:
     """What must agree between ensemble members; empty fields are unknown and not compared.
@@ -34,12 +38,15 @@ class MemberInfo:
 class EnsembleModel(nn.Module):
     """Averages the class probabilities of its members: pixels in [0, 1] in, probabilities out."""
 
-    def __init__(self, models: Sequence[nn.Module], members: Sequence[MemberInfo] | None = None) -> None:
+    def __init__(self, models: Sequence[nn.Module], members: Sequence[MemberInfo] | None = None,
+                 decision: dict | None = None) -> None:
         """Builds the ensemble.
 
         Args:
             models: Medxp inference models (each returns probabilities).
             members: One description per model; checked for agreement. None: `member 0`, ... unchecked.
+            decision: A binary task's operating point fitted on validation (`threshold`, `positive_index`,
+                `operating_point`, `threshold_split`), read like an `InferenceModel`'s; None: arg-max.
 
         Raises:
             MedxpError: no model, a description count that differs, or members that disagree.
@@ -55,6 +62,13 @@ class EnsembleModel(nn.Module):
         self.class_names, self.input_shape = check_members(members)
         self.member_info = members
         self.members = nn.ModuleList(models)
+        self.set_decision(decision)
+
+    def set_decision(self, decision: dict | None) -> None:
+        """Stores the operating point (see `__init__`); `medxp.training.evaluate.stored_rule` reads it back."""
+        self.decision = dict(decision or {})
+        for key in DECISION_KEYS:
+            setattr(self, key, self.decision.get(key))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         probabilities = [member(inputs) for member in self.members]

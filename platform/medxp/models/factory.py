@@ -25,6 +25,7 @@ from torch import nn
 from medxp.choices import modality_contract
 from medxp.config import DatasetSpec, ModelConfig
 from medxp.errors import MedxpError
+from medxp.models.estimator import ESTIMATOR_TRAIN_KEYS
 from medxp.named import Registry
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class ModelInfo:
         family: A short group name for tables (`seed`, `timm`, `tabular`).
         accepts: The `model.*` keys it reads besides `COMMON_KEYS`.
         default_dropout: What an empty `model.dropout` means for it (one rate, or one per layer).
+        trainer: `gradient` (the epoch loop, `medxp.training.trainer`) or `estimator` (one fit on the
+            train split, `medxp.training.estimator`; the model is a `models.estimator.EstimatorModel`).
     """
 
     modalities: tuple[str, ...] = ("image",)
@@ -59,10 +62,16 @@ class ModelInfo:
     family: str = "seed"
     accepts: tuple[str, ...] = ()
     default_dropout: tuple[float, ...] = ()
+    trainer: str = "gradient"
 
     def reads(self, key: str) -> bool:
         """Whether the architecture uses `model.<key>` (short name, without `model.`)."""
         return key in COMMON_KEYS or key in self.accepts
+
+    def reads_train(self, key: str) -> bool:
+        """Whether its training uses `train.<key>`: the epoch loop reads them all, an estimator fit only
+        `ESTIMATOR_TRAIN_KEYS`."""
+        return self.trainer == "gradient" or key in ESTIMATOR_TRAIN_KEYS
 
 
 MODEL_INFO: dict[str, ModelInfo] = {}
@@ -301,4 +310,4 @@ class InferenceModel(nn.Module):
 def _register_builtins() -> None:
     # Importing the architecture modules fills the registry; done lazily so that
     # `import medxp.models` stays cheap.
-    from medxp.models import backbones, cnn, lenet, mlp, vgg  # noqa: F401
+    from medxp.models import backbones, cnn, gradient_boosting, lenet, mlp, vgg  # noqa: F401

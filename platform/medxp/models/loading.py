@@ -71,14 +71,15 @@ def _run_class_names(run_id: str | None) -> tuple[str, ...]:
 class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
     """The MLflow face of an ensemble: members are artifacts `member_0`, ... loaded in `load_context`."""
 
-    def __init__(self, member_info: Sequence[MemberInfo] = ()) -> None:
+    def __init__(self, member_info: Sequence[MemberInfo] = (), decision: dict | None = None) -> None:
         self.member_info = tuple(member_info)
+        self.decision = dict(decision or {})  # the operating point, plain values pickled with the pyfunc
         self.ensemble: EnsembleModel | None = None  # built at load time, never pickled with the model
 
     def load_context(self, context: Any) -> None:
         keys = sorted(context.artifacts, key=lambda key: int(key.rsplit("_", 1)[1]))
         models = [mlflow.pytorch.load_model(context.artifacts[key], map_location="cpu").eval() for key in keys]
-        self.ensemble = EnsembleModel(models, self.member_info or None).eval()
+        self.ensemble = EnsembleModel(models, self.member_info or None, getattr(self, "decision", None)).eval()
 
     def predict(self, context, model_input, params=None):  # no hints: MLflow would read them as a schema
         """(N, C, H, W) float32 pixels in [0, 1] -> (N, classes) probabilities (numpy)."""

@@ -82,6 +82,8 @@ class SearchResult:
     new_trials: int = 0
     epochs_total: int = 0
     wall_time_s: float = 0.0
+    # Finished trials that logged a model, best validation objective first: (trial number, objective, model URI).
+    ranked_models: list[tuple[int, float, str]] = field(default_factory=list)
 
     @property
     def trials_trained(self) -> int:
@@ -334,4 +336,7 @@ def _result(study: optuna.Study, space: SearchSpace, config: ExperimentConfig, b
                                             origin=f"study {study.study_name} trial {best.number}")
         result.best_run_id = best.user_attrs.get("mlflow_run_id")
         result.best_model_uri = best.user_attrs.get("model_uri") or None
+        trained_complete = [t for t in complete if DUPLICATE_OF not in t.user_attrs and t.user_attrs.get("model_uri")]
+        result.ranked_models = [(t.number, float(t.value), t.user_attrs["model_uri"])
+                                for t in sorted(trained_complete, key=lambda t: t.value, reverse=True)]
     return result

@@ -110,8 +110,9 @@ class SearchSpace:
         Every choice or bound must be a value the config accepts (e.g. a known optimizer),
         and every searched `model.*` key must be read by the model it would act on: the
         config's `model.name`, or, when the space searches `model` itself, each candidate
-        model the parameter's `when` lets it apply to. A key the model ignores would spend
-        trials on a no-op.
+        model the parameter's `when` lets it apply to. So must every `train.*` key: a model
+        fitted in one call (`trainer="estimator"`) reads only a few of them. A key the model
+        ignores would spend trials on a no-op.
 
         Raises:
             MedxpError: naming the space file, the parameter, and the value or the model.
@@ -130,14 +131,21 @@ class SearchSpace:
         searched_model = next((p for p in self.parameters if p.config_key == "model.name"), None)
         for parameter in self.parameters:
             section, _, key = parameter.config_key.partition(".")
-            if section != "model" or key == "name":
+            if section not in ("model", "train") or parameter.config_key == "model.name":
                 continue
             for model in self._models_for(parameter, searched_model, config.model.name):
-                if not model_info(str(model)).reads(key):
+                info = model_info(str(model))
+                if section == "model" and not info.reads(key):
                     raise MedxpError(f"{self.path}: parameter '{parameter.name}' searches model.{key}, which model "
                                      f"'{model}' does not read: every trial would be a no-op; remove it, or "
                                      f"limit it with when: {{model: [...]}} to models that read it "
                                      f"({', '.join(models_reading(key))})")
+                if section == "train" and not info.reads_train(key):
+                    raise MedxpError(f"{self.path}: parameter '{parameter.name}' searches train.{key}, which model "
+                                     f"'{model}' does not read: it is fitted in one call (trainer "
+                                     f"'{info.trainer}'), not by the epoch loop, so every trial would be a no-op; "
+                                     f"remove it, or limit it with when: {{model: [...]}} to models trained by "
+                                     f"gradient steps")
 
     @staticmethod
     def _models_for(parameter: Parameter, searched_model: Parameter | None, config_model: str) -> tuple[Any, ...]:

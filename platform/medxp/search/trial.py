@@ -75,6 +75,9 @@ def run_trial(tune_config: dict, *, base: ExperimentConfig, context: TrialContex
               prior_audit: PriorAudit | None = None) -> None:
     """Tune's function trainable: trains `base` with the sampled parameters in a child MLflow run.
 
+    The trial scores the validation split only (the search's objective): the test split is scored
+    once, by the main flow, on the model the search chooses.
+
     `prior_audit` is the driver's audit of the data (`audit.on_leak` set): the trial applies the
     policy to it (drops the same held-out copies, logs the same report) without scanning again.
     """
@@ -88,7 +91,7 @@ def run_trial(tune_config: dict, *, base: ExperimentConfig, context: TrialContex
         config = pretrained_input(base.replace(params, origin=f"search trial {number}"))
         data = node_data(config, context, prior_audit)
         result = run_experiment(config, tracker, callbacks=[TuneReporter(context.epoch_metric, tracker.run_id)],
-                                log_model=True, progress=False, data=data)
+                                log_model=True, progress=False, data=data, splits=("valid",))
     history = result.fit.history
     tune.report({OBJECTIVE: float(result.objective), EPOCH: len(history), FINISHED: True, RUN_ID: tracker.run_id,
                  MODEL_URI: result.model_uri or "",

@@ -259,4 +259,5 @@ def pinned_requirements() -> list[str]:
     """Pins of what loading a logged medxp model needs (saves MLflow's slow requirement inference)."""
     from importlib.metadata import version
 
-    return [f"{name}=={version(name)}" for name in ("torch", "torchvision", "timm", "numpy", "mlflow")]
+    # scikit-learn: estimator models (hist_gradient_boosting) are pickled with the logged model.
+    return [f"{name}=={version(name)}" for name in ("torch", "torchvision", "timm", "numpy", "scikit-learn", "mlflow")]

@@ -3,7 +3,9 @@
 Each stage starts from the weights the previous stage handed back (its best epoch's, which
 the trainer restores, or with `train.restore_best: false` its last epoch's), has
 its own learning rate and epoch budget, and continues the run's epoch numbering so the
-curves in MLflow read as one training.
+curves in MLflow read as one training. A model fitted in one call
+(`models.estimator.EstimatorModel`) has no stages: `fit_in_stages` hands it to
+`training.estimator.EstimatorTrainer`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from torch import nn
 
 from medxp.config import ExperimentConfig
 from medxp.data import DataModule
+from medxp.models.estimator import EstimatorModel
 from medxp.models.factory import freeze_backbone
+from medxp.training.estimator import EstimatorTrainer, check_estimator_config
 from medxp.training.trainer import FitResult, Trainer
 
 log = logging.getLogger(__name__)
@@ -31,8 +35,15 @@ def training_stages(config: ExperimentConfig) -> list[tuple[int | None, int, flo
 
 
 def fit_in_stages(model: nn.Module, data: DataModule, config: ExperimentConfig, callbacks: Sequence[Any] = (),
-                  progress: bool = True) -> tuple[FitResult, Trainer]:
-    """Trains through every stage; returns the combined history and the last stage's trainer."""
+                  progress: bool = True) -> tuple[FitResult, Trainer | EstimatorTrainer]:
+    """Trains through every stage; returns the combined history and the last stage's trainer.
+
+    A model fitted in one call (`EstimatorModel`) takes `EstimatorTrainer` instead: one fit, no stages.
+    """
+    if isinstance(model, EstimatorModel):
+        check_estimator_config(config)
+        trainer = EstimatorTrainer(config.train, callbacks=callbacks)
+        return trainer.fit(model, data), trainer
     combined, trainer, offset = FitResult(), None, 0
     stages = training_stages(config)
     for index, (unfrozen_layers, epochs, lr) in enumerate(stages, start=1):
