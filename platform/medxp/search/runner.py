@@ -50,7 +50,7 @@ from medxp.search.study import (
     open_study,
     search_home,
 )
-from medxp.search.trial import TrialContext, close_trial_run, run_trial
+from medxp.search.trial import STATE_TAG, TrialContext, close_trial_run, run_trial
 from medxp.tracking.mlflow_tracker import MlflowTracker
 
 log = logging.getLogger(__name__)
@@ -300,14 +300,22 @@ class TrialRunCloser:
 
 
 def close_leftover_runs(study: optuna.Study, experiment_id: str) -> None:
-    """Ends every child run of the study still RUNNING (a stopped or crashed trial) with the study's state."""
+    """Makes every child run of the study agree with the study: runs still RUNNING (a stopped or crashed
+    trial) end with the study's state, and a run that ended after its driver was killed, before the
+    driver recorded its result (the study holds it failed), is tagged failed too."""
     client = MlflowClient()
     states = {trial.number: trial.state for trial in study.get_trials(deepcopy=False)}
-    for run in _study_runs(client, experiment_id, study.study_name, "attributes.status = 'RUNNING'"):
+    for run in _study_runs(client, experiment_id, study.study_name):
         number = int(run.data.tags.get("medxp.trial_number", -1))
         state = states.get(number, TrialState.FAIL)
-        close_trial_run(client, run.info.run_id, _STATE_NAMES.get(state, "failed"),
-                        "" if state in _STATE_NAMES else f"the study says {state.name}")
+        name = _STATE_NAMES.get(state, "failed")
+        if run.info.status != "RUNNING" and run.data.tags.get(STATE_TAG) == name:
+            continue
+        reason = "" if state in _STATE_NAMES else f"the study says {state.name}"
+        if run.info.status != "RUNNING":
+            reason = (f"the run ended {run.data.tags.get(STATE_TAG, 'untagged')} but its search stopped before "
+                      f"recording the result: the study holds trial {number} {name}")
+        close_trial_run(client, run.info.run_id, name, reason)
 
 
 def _study_runs(client: MlflowClient, experiment_id: str, study_name: str, extra: str = "") -> Iterator[Any]:
