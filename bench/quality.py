@@ -163,8 +163,9 @@ def main() -> None:
     names = args.dataset or [name for name, spec in DATASETS.items() if (data_dir / spec["file"]).is_file()]
     missing = [name for name in names if not (data_dir / DATASETS[name]["file"]).is_file()]
     if missing or not names:
-        sys.exit(f"{data_dir}: no {', '.join(DATASETS[n]['file'] for n in missing or DATASETS)}; "
-                 f"pass --data-dir pointing at the real files")
+        print(f"{data_dir}: no {', '.join(DATASETS[n]['file'] for n in missing or DATASETS)}; nothing to measure "
+              f"(pass --data-dir pointing at the real files)")
+        return
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="medxp-quality-"))
     results = []
     for name in names:
