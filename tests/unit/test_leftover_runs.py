@@ -38,3 +38,27 @@ def test_runs_are_made_to_agree_with_the_study(mlflow_store):
     assert client.get_run(open_run).data.tags[STATE_TAG] == "failed"
     assert client.get_run(open_run).info.status == "FAILED"
     assert client.get_run(other).data.tags[STATE_TAG] == "finished"  # another study's run is left alone
+
+
+def test_a_trial_whose_worker_never_opened_its_run_gets_a_failed_run(mlflow_store):
+    experiment_id = mlflow.create_experiment("unopened")
+    study = optuna.create_study(study_name="s", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.9, state=optuna.trial.TrialState.COMPLETE))
+    study.add_trial(optuna.trial.create_trial(  # asked by the driver, which was killed before the worker began
+        state=optuna.trial.TrialState.FAIL, params={"lr": 0.01},
+        distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}))
+    kept = _trial_run(experiment_id, "s", 0, "finished")
+    parent = mlflow.MlflowClient().create_run(experiment_id, run_name="search").info.run_id
+
+    close_leftover_runs(study, experiment_id, parent)
+    close_leftover_runs(study, experiment_id, parent)  # a second sweep adds nothing
+
+    runs = mlflow.MlflowClient().search_runs([experiment_id], "tags.`medxp.study` = 's'")
+    by_number = {run.data.tags["medxp.trial_number"]: run for run in runs}
+    assert sorted(by_number) == ["0", "1"] and by_number["0"].info.run_id == kept
+    made = by_number["1"]
+    assert made.data.tags[STATE_TAG] == "failed" and made.info.status == "FAILED"
+    assert made.data.tags[MLFLOW_PARENT_RUN_ID] == parent
+    assert "never trained" in made.data.tags["medxp.trial_reason"]
+    params = mlflow.artifacts.load_dict(f"{made.info.artifact_uri}/trial/sampled_params.json")
+    assert params == {"trial_number": 1, "params": {"lr": 0.01}}

@@ -29,6 +29,7 @@ from typing import Any, Iterator
 import mlflow
 import optuna
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import TrialState
 
 from medxp.config import ExperimentConfig, resolve_data_dir
@@ -135,7 +136,7 @@ def run_search(config: ExperimentConfig, *, search_name: str | None = None, pare
             context = TrialContext(tracking_uri, parent.run.info.experiment_id, parent.run_id, name, epoch_metric,
                                    base.data.data_dir, fingerprint)
             _run_tune(study, space, base, context, new_trials, search_home(tracking_uri), audit)
-        close_leftover_runs(study, parent.run.info.experiment_id)
+        close_leftover_runs(study, parent.run.info.experiment_id, parent.run_id)
         result = _result(study, space, config, base, storage, parent.run_id, new_trials,
                          time.monotonic() - started)
         log_search_report(parent, study, result)
@@ -299,15 +300,19 @@ class TrialRunCloser:
             log.warning("trial %d: could not close its MLflow run %s: %s", outcome.number, outcome.run_id, error)
 
 
-def close_leftover_runs(study: optuna.Study, experiment_id: str) -> None:
+def close_leftover_runs(study: optuna.Study, experiment_id: str, parent_run_id: str = "") -> None:
     """Makes every child run of the study agree with the study: runs still RUNNING (a stopped or crashed
     trial) end with the study's state, and a run that ended after its driver was killed, before the
-    driver recorded its result (the study holds it failed), is tagged failed too."""
+    driver recorded its result (the study holds it failed), is tagged failed too. A trial the study holds
+    whose worker never opened its run (its driver was killed in between) gets a failed run under
+    `parent_run_id` saying so, so that the MLflow UI shows every trial the study holds."""
     client = MlflowClient()
-    states = {trial.number: trial.state for trial in study.get_trials(deepcopy=False)}
+    trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+    seen = set()
     for run in _study_runs(client, experiment_id, study.study_name):
         number = int(run.data.tags.get("medxp.trial_number", -1))
-        state = states.get(number, TrialState.FAIL)
+        seen.add(number)
+        state = trials[number].state if number in trials else TrialState.FAIL
         name = _STATE_NAMES.get(state, "failed")
         if run.info.status != "RUNNING" and run.data.tags.get(STATE_TAG) == name:
             continue
@@ -316,6 +321,24 @@ def close_leftover_runs(study: optuna.Study, experiment_id: str) -> None:
             reason = (f"the run ended {run.data.tags.get(STATE_TAG, 'untagged')} but its search stopped before "
                       f"recording the result: the study holds trial {number} {name}")
         close_trial_run(client, run.info.run_id, name, reason)
+    if parent_run_id:
+        for number, trial in sorted(trials.items()):
+            if number not in seen and trial.state in _STATE_NAMES:
+                _record_unopened_trial(client, experiment_id, parent_run_id, study.study_name, trial)
+
+
+def _record_unopened_trial(client: MlflowClient, experiment_id: str, parent_run_id: str, study_name: str,
+                           trial: optuna.trial.FrozenTrial) -> None:
+    """A closed run for a trial the study started but whose worker never opened its MLflow run."""
+    name = _STATE_NAMES[trial.state]
+    tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, "medxp.study": study_name,
+            "medxp.trial_number": str(trial.number), STATE_TAG: "running"}
+    run = client.create_run(experiment_id, run_name=f"trial-{trial.number:03d}", tags=tags)
+    client.log_dict(run.info.run_id, {"trial_number": trial.number, "params": trial.params},
+                    "trial/sampled_params.json")
+    close_trial_run(client, run.info.run_id, name,
+                    f"the study holds trial {trial.number} {name}, but its search stopped before the trial opened "
+                    "its MLflow run: it never trained")
 
 
 def _study_runs(client: MlflowClient, experiment_id: str, study_name: str, extra: str = "") -> Iterator[Any]:
