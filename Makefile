@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATASET ?= glaucoma
 ARGS ?=
 
-.PHONY: install run test test-fast bench ui system-deps
+.PHONY: install run test test-fast bench ui dashboard system-deps
 
 install: $(VENV)/.installed
 
@@ -43,3 +43,7 @@ bench: install
 
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+# The live view of a running search: optuna-dashboard on the study storage, at http://127.0.0.1:8080/.
+dashboard: install
+	$(VENV)/bin/medxp dashboard --dataset $(DATASET) $(ARGS)

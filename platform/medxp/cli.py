@@ -63,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
                          help="promote even if not better (recorded on the version)")
     promote.add_argument("--note", default="", help="why, recorded on the version")
     promote.set_defaults(handler=_promote)
+    rollback = verbs.add_parser("rollback", help="move 'champion' back to the version it replaced ('previous')")
+    _add_config_arguments(rollback)
+    rollback.add_argument("--note", default="", help="why, recorded on the restored version")
+    rollback.set_defaults(handler=_rollback)
+    dashboard = verbs.add_parser("dashboard", help="optuna-dashboard on the project's study storage (live search view)")
+    _add_config_arguments(dashboard)
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.set_defaults(handler=_dashboard)
     cv = verbs.add_parser("cv", help="k-fold cross-validation: one nested run per fold and a summary table")
     _add_config_arguments(cv)
     cv.set_defaults(handler=_cv)
@@ -248,6 +257,23 @@ def _promote(args: argparse.Namespace) -> None:
         decision = promote_and_record(config, tracker, version=args.version or None, force=args.force == "true",
                                       note=args.note)
     print(decision.reason)
+
+
+def _rollback(args: argparse.Namespace) -> None:
+    from medxp.flows.promote import rollback_and_record
+    from medxp.tracking.mlflow_tracker import MlflowTracker
+
+    config = load_config(args)
+    with MlflowTracker.start(config.dataset.name, run_name=f"rollback-{config.dataset.name}",
+                             tags={"medxp.kind": "rollback"}) as tracker:
+        decision = rollback_and_record(config, tracker, note=args.note)
+    print(decision.reason)
+
+
+def _dashboard(args: argparse.Namespace) -> None:
+    from medxp.search.dashboard import dashboard_storage, serve_dashboard
+
+    serve_dashboard(dashboard_storage(load_config(args)), host=args.host, port=args.port)
 
 
 def _model_uri(args: argparse.Namespace, config) -> str:

@@ -24,6 +24,12 @@ from medxp.errors import MedxpError
 
 PROJECTS_DIR_ENV = "MEDXP_PROJECTS_DIR"
 DATA_DIR_ENV = "MEDXP_DATA_DIR"
+RECIPES_DIR_ENV = "MEDXP_RECIPES_DIR"
+# A project file's top-level `recipe: <name>` starts it from `recipes/<name>.yaml` (model, train, data,
+# search and eval sections several projects share); the project's own sections override the recipe's.
+RECIPE_KEY = "recipe"
+# An experiment's `recipe: none` drops its project's recipe: the project's sections on medxp's defaults.
+NO_RECIPE = "none"
 
 
 @dataclass(frozen=True)
@@ -382,8 +388,62 @@ def load(path: str | Path, overrides: Mapping[str, Any] | None = None,
         MedxpError: unreadable file, unknown key or bad value (the message names file and key).
     """
     path = Path(path)
-    config = _build(_read_sections(path), str(path), source=str(path))
+    recipe = _read_sections(Path(experiment)).get(RECIPE_KEY) if experiment else None
+    config = _build(_read_project(path, recipe, str(experiment)), str(path), source=str(path))
     return _with_variants(config, overrides, experiment)
+
+
+def recipes_dir() -> Path:
+    """`$MEDXP_RECIPES_DIR`, else `recipes/` beside the package, else under the working directory."""
+    if os.environ.get(RECIPES_DIR_ENV):
+        return Path(os.environ[RECIPES_DIR_ENV])
+    beside_package = Path(__file__).resolve().parents[2] / "recipes"
+    return beside_package if beside_package.is_dir() else Path.cwd() / "recipes"
+
+
+def recipe_names() -> list[str]:
+    """The recipes a project file may name (`recipes/<name>.yaml`)."""
+    root = recipes_dir()
+    return sorted(p.stem for p in root.glob("*.yaml")) if root.is_dir() else []
+
+
+def project_recipe(dataset: str) -> str:
+    """The recipe a project starts from, or '' (a generic MedMNIST project has none)."""
+    if is_generic_project(dataset):
+        return ""
+    return str(_read_sections(project_file(dataset)).get(RECIPE_KEY) or "")
+
+
+def _read_project(path: Path, recipe: Any = None, recipe_origin: str = "") -> dict[str, Any]:
+    """A project file's sections, on top of its recipe's when it names one (section by section, key by key).
+
+    `recipe` (an experiment's own `recipe:`, read from `recipe_origin`) replaces the project's;
+    `none` starts the project's sections from medxp's defaults.
+    """
+    sections = dict(_read_sections(path))
+    own = sections.pop(RECIPE_KEY, None)
+    name, origin = (own, str(path)) if recipe is None else (recipe, recipe_origin)
+    if name is None or name == NO_RECIPE:
+        return sections
+    valid = ", ".join(recipe_names()) or f"(none found under {recipes_dir()})"
+    if not isinstance(name, str) or not (recipes_dir() / f"{name}.yaml").is_file():
+        raise MedxpError(f"{origin}: '{RECIPE_KEY}' = {name!r}: expected '{NO_RECIPE}' or the name of a file "
+                         f"under {recipes_dir()}; valid: {valid}")
+    recipe_path = recipes_dir() / f"{name}.yaml"
+    recipe = _read_sections(recipe_path)
+    if RECIPE_KEY in recipe or "dataset" in recipe:
+        raise MedxpError(f"{recipe_path}: a recipe holds model, train, data, search and eval sections; "
+                         f"found '{RECIPE_KEY if RECIPE_KEY in recipe else 'dataset'}', which belongs to a project")
+    hints = typing.get_type_hints(ExperimentConfig)
+    for section, values in recipe.items():  # a bad key or value in a recipe names the recipe's file
+        if section not in hints or section == "source" or not isinstance(values, Mapping):
+            raise MedxpError(f"{recipe_path}: '{section}': expected a section (model, train, data, search, eval) "
+                             "mapping keys to values")
+        _build_section(hints[section], section, values, str(recipe_path))
+    merged = {section: dict(values) for section, values in recipe.items()}
+    for section, values in sections.items():
+        merged[section] = {**merged.get(section, {}), **values} if isinstance(values, Mapping) else values
+    return merged
 
 
 def _with_variants(config: ExperimentConfig, overrides: Mapping[str, Any] | None,
@@ -392,6 +452,7 @@ def _with_variants(config: ExperimentConfig, overrides: Mapping[str, Any] | None
     if experiment:
         experiment = Path(experiment)
         flat = {f"{section}.{key}": value for section, values in _read_sections(experiment).items()
+                if section != RECIPE_KEY  # applied beneath the project (load)
                 for key, value in (values.items() if isinstance(values, Mapping) else [("", values)])}
         config = config.replace(flat, str(experiment))
     if overrides:

@@ -332,10 +332,21 @@ def _training_section(run: Run, config: ExperimentConfig) -> str:
     trained = ""
     if "epochs_trained" in metrics:
         trained = f" (trained {int(metrics['epochs_trained'])}, best epoch {int(metrics.get('best_epoch', 0))})"
-    return (f"**Training**: {run.data.tags.get('model', model.name)} ({_model_settings(run, model)}"
-            f"unfrozen_layers {model.unfrozen_layers}); optimizer {train.optimizer}, lr {train.lr:g}, "
-            f"weight decay {train.weight_decay:g}, batch size {train.batch_size}, epochs {train.epochs}{trained}, "
+    if train.stage_epochs:  # a staged fine-tune reads each stage's layers, epochs and lr, not the single ones
+        stages = "; ".join(f"stage {i}: {_unfrozen(layers)}, {epochs} epochs at lr {lr:g}" for i, (layers, epochs, lr)
+                           in enumerate(zip(train.stage_unfrozen_layers, train.stage_epochs, train.stage_lrs), 1))
+        schedule = f"fine-tuned in stages ({stages}){trained}"
+        settings = _model_settings(run, model).removesuffix(", ")
+    else:
+        schedule = f"lr {train.lr:g}, epochs {train.epochs}{trained}"
+        settings = f"{_model_settings(run, model)}unfrozen_layers {model.unfrozen_layers}"
+    return (f"**Training**: {run.data.tags.get('model', model.name)} ({settings}); optimizer {train.optimizer}, "
+            f"{schedule}, weight decay {train.weight_decay:g}, batch size {train.batch_size}, "
             f"patience {train.patience} on {train.monitor}, seed {train.seed}.")
+
+
+def _unfrozen(layers: int) -> str:
+    return {0: "head only", -1: "every layer"}.get(layers, f"head and last {layers} layers")
 
 
 def _estimator_training_section(run: Run, config: ExperimentConfig) -> str:

@@ -26,7 +26,7 @@ from tests.cluster.services import (
     loopback_namespace,
     wait_for_nodes,
 )
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, SMALL_CNN, TINY
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,8 @@ class Cluster:
     def search_command(self, name: str, n_trials: int, **settings) -> list[str]:
         overrides = {**SEARCH_SETTINGS, "data_dir": str(self.data_dir), "search.n_trials": n_trials, **settings}
         text = " ".join(f"{key}={_yaml(value)}" for key, value in overrides.items())
-        return [sys.executable, "-m", "medxp.cli", "search", "--dataset", "glaucoma", "--name", name,
+        return [sys.executable, "-m", "medxp.cli", "search", "--dataset", "glaucoma", "--experiment", SMALL_CNN,
+                "--name", name,
                 "--no-progress", "--set", text]
 
     def run_search(self, name: str, n_trials: int, timeout: float = 600, **settings) -> subprocess.CompletedProcess:
@@ -82,7 +83,8 @@ class Cluster:
         overrides = {**SEARCH_SETTINGS, "search.n_trials": n_trials, **settings}
         text = " ".join(f"{key}={_yaml(value)}" for key, value in overrides.items())
         command = [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "--env-manager", "local",
-                   "-P", "dataset=glaucoma", "-P", f"data_dir={self.data_dir}", "-P", f"search_name={name}",
+                   "-P", "dataset=glaucoma", "-P", f"experiment={SMALL_CNN}", "-P", f"data_dir={self.data_dir}",
+                   "-P", f"search_name={name}",
                    "-P", f"overrides={text}"]
         return subprocess.run(command, cwd=self.root, env=self.driver_env(), capture_output=True, text=True,
                               timeout=timeout)

@@ -162,7 +162,7 @@ on_node = ray.remote(num_cpus=1, scheduling_strategy=NodeAffinitySchedulingStrat
     lambda config, context: node_data(config, context, None).fingerprint)
 found = []
 for folder in folders:
-    config = load_project("glaucoma", {**settings, "data_dir": folder, "data.demo": "never"})
+    config = load_project("glaucoma", {**settings, "data_dir": folder, "data.demo": "never"}, experiment="small_cnn")
     driver = node_data(config, TrialContext("", "", "", "s", "val_roc_auc"), None).fingerprint
     context = TrialContext("", "", "", "s", "val_roc_auc", folder, driver)
     try:

@@ -15,7 +15,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SMALL_CNN
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,8 @@ def test_mlflow_run_trains_tracks_and_logs_a_loadable_model(tmp_path, mlflow_sto
                  "dataset.image_size=32 model.channels=[8,16] eval.bootstrap_resamples=100")
     command = [str(mlflow_cli), "run", str(REPO), "-e", "train", "--env-manager", "local",
                "--experiment-name", "glaucoma",
-               "-P", "dataset=glaucoma", "-P", f"data_dir={tmp_path / 'data'}", "-P", "epochs=3",
+               "-P", "dataset=glaucoma", "-P", f"experiment={SMALL_CNN}", "-P", f"data_dir={tmp_path / 'data'}",
+               "-P", "epochs=3",
                "-P", f"overrides={overrides}"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -59,7 +60,8 @@ def mlflow_run_train(tmp_path: Path, *options: str) -> subprocess.CompletedProce
     overrides = ("data.demo_images_per_class=12 data.demo_folds=3 data.demo_image_size=32 "
                  "dataset.image_size=16 model.channels=[4,8] eval.bootstrap_resamples=20")
     command = [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "-e", "train", "--env-manager", "local",
-               *options, "-P", "dataset=glaucoma", "-P", f"data_dir={tmp_path / 'data'}", "-P", "epochs=1",
+               *options, "-P", "dataset=glaucoma", "-P", f"experiment={SMALL_CNN}", "-P", f"data_dir={tmp_path / 'data'}",
+               "-P", "epochs=1",
                "-P", f"overrides={overrides}"]
     env = {key: value for key, value in os.environ.items()
            if key not in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")}

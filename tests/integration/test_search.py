@@ -24,6 +24,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import TrialState
 
 from medxp.config import load_project
+from tests.conftest import SMALL_CNN
 from medxp.errors import MedxpError
 from medxp.search.runner import run_search, start_ray
 
@@ -43,7 +44,7 @@ def tiny_config(tmp_path, n_trials: int, **overrides):
         "search.max_epochs": 3,
         "search.sampler": "random", "search.seed": 32, "search.grace_period": 1, "search.reduction_factor": 2,
         "search.rerun_duplicates": True, **overrides,
-    })
+    }, experiment=SMALL_CNN)
 
 
 def leave_running_trial(tmp_path, experiment_id: str) -> tuple[int, str]:

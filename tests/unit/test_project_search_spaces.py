@@ -6,7 +6,7 @@ import optuna
 import pytest
 import torch
 
-from medxp.config import experiment_names, load_project, project_names
+from medxp.config import experiment_names, load_project, project_names, project_recipe
 from medxp.errors import MedxpError
 from medxp.models import create_model
 from medxp.models.estimator import EstimatorFit, EstimatorModel
@@ -27,7 +27,8 @@ def model_input(config) -> torch.Tensor:
 def test_every_project_has_its_own_space_that_fits_its_model(project):
     config = load_project(project)
     space = load_search_space(config.search.space or config.dataset.name)
-    assert space.path.name == f"{project}.yaml"
+    # Its own, or the one of the recipe it starts from (recipes/<name>.yaml), which fits the recipe's model.
+    assert space.path.name in {f"{project}.yaml", f"{project_recipe(project)}.yaml"}
     space.check_against(config)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(4):  # sampled configs build the project's model and run it on the project's input shape
@@ -54,8 +55,9 @@ STAGED_RUN_IGNORES = {"train.lr", "train.epochs", "model.unfrozen_layers"}
 # What an experiment fixes on purpose (what its study compares or is about): never searched. Keyed
 # by project (all its experiments), or by project/experiment.
 FIXED_ON_PURPOSE = {
-    "covid_radiography": {"model.batch_norm", "model.dropout", "model.head_dropout", "train.patience"},
-    "chest_xray_pneumonia": {"train.class_weights"},
+    **{f"covid_radiography/{step}": {"model.batch_norm", "model.dropout", "model.head_dropout", "train.patience"}
+       for step in ("cnn_base", "cnn_bn", "cnn_dropout", "cnn_bn_dropout", "cnn_bn_dropout_early_stopping")},
+    **{f"chest_xray_pneumonia/{variant}": {"train.class_weights"} for variant in ("vgg16_plain", "vgg16_dwsep_augmented")},
     "fetal_health/mlp_class_weights": {"train.class_weights"},
     "glaucoma": {"train.stage_unfrozen_layers", "train.stage_epochs"},
     "organsmnist": {"model.channels", "model.unfrozen_layers"},

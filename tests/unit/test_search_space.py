@@ -30,13 +30,26 @@ def sample(space, n: int = 30, seed: int = 0) -> list[dict]:
     return samples
 
 
-def test_glaucoma_space_loads_and_fits_the_project():
-    space = load_search_space("glaucoma")
+def test_glaucoma_small_cnn_space_loads_and_fits_its_experiment():
+    space = load_search_space("glaucoma_small_cnn")
     names = [p.name for p in space.parameters]
     assert names[:2] == ["optimizer", "lr"]
     assert {"batch_size", "dropout", "unfrozen_layers", "weight_decay", "train.momentum"} <= set(names)
     assert set(space.parameters[0].choices) == {"adam", "adamw", "sgd", "adadelta", "adagrad"}
-    space.check_against(load_project("glaucoma"))
+    space.check_against(load_project("glaucoma", experiment="small_cnn"))
+
+
+def test_the_imagenet_recipe_space_searches_unfrozen_layers_and_stage_rates_of_the_default():
+    config = load_project("glaucoma")
+    assert config.model.name == "tf_efficientnet_lite0" and config.train.stage_epochs == (3, 4, 3)
+    space = load_search_space(config.search.space)
+    assert space.path.name == "imagenet_staged.yaml"
+    space.check_against(config)
+    for values in sample(space, 12):
+        sampled = config.replace(values)
+        assert len(sampled.train.stage_unfrozen_layers) == len(sampled.train.stage_lrs) == 3
+        assert sampled.train.stage_unfrozen_layers[0] == 0  # the head alone first, as the studies did
+        assert "train.lr" not in values and "model.unfrozen_layers" not in values  # a staged run ignores them
 
 
 def test_define_by_run_samples_types_ranges_and_conditions(tmp_path):
@@ -66,8 +79,8 @@ weight_decay: {type: float, low: 1.0e-6, high: 1.0e-2, log: true, when: {optimiz
 
 
 def test_space_names_resolve_under_search_spaces():
-    assert space_path("glaucoma").name == "glaucoma.yaml"
-    assert space_path("glaucoma").parent.name == "search_spaces"
+    assert space_path("glaucoma_small_cnn").name == "glaucoma_small_cnn.yaml"
+    assert space_path("glaucoma_small_cnn").parent.name == "search_spaces"
     assert space_path("some/dir/x.yaml") == Path("some/dir/x.yaml")
 
 
@@ -145,9 +158,9 @@ def test_new_optimizers_are_accepted():
 
 
 def test_a_space_searching_a_key_the_model_does_not_read_is_refused_before_any_trial():
-    space = load_search_space("glaucoma")  # searches dropout
-    config = load_project("glaucoma", {"model": "resnet18"})
-    with pytest.raises(MedxpError, match=r"glaucoma.yaml: parameter 'dropout' searches model.dropout, which "
+    space = load_search_space("glaucoma_small_cnn")  # searches dropout
+    config = load_project("glaucoma", {"model": "resnet18"}, experiment="small_cnn")
+    with pytest.raises(MedxpError, match=r"glaucoma_small_cnn.yaml: parameter 'dropout' searches model.dropout, which "
                                          r"model 'resnet18' does not read.*small_cnn"):
         space.check_against(config)
     space.check_against(config.replace({"model": "vgg16_dwsep"}))  # VGG applies it per conv block

@@ -11,10 +11,13 @@ from medxp.errors import MedxpError
 from medxp.models import create_model
 from medxp.models.factory import MODEL_INFO, model_names
 from medxp.models.vgg import SeparableConv2d
+from tests.conftest import SMALL_CNN
 
 
 def build(overrides: dict, project: str = "glaucoma"):
-    config = load_project(project, {"model.channels_last": False, **overrides})
+    """The model of `project` (glaucoma: its small-CNN experiment, 64 px) with `overrides`."""
+    config = load_project(project, {"model.channels_last": False, **overrides},
+                          experiment=SMALL_CNN if project == "glaucoma" else None)
     return create_model(config.model, config.dataset), config.dataset
 
 
@@ -160,7 +163,7 @@ def test_another_models_layer_geometry_is_left_unused_not_refused():
 def test_applied_settings_list_only_what_the_model_reads():
     from medxp.models.factory import applied_settings
 
-    config = load_project("glaucoma")
+    config = load_project("glaucoma", experiment=SMALL_CNN)
     assert applied_settings(config.model) == {"dropout": (0.1,), "head_dropout": 0.3}
     assert applied_settings(config.replace({"model": "vgg16_plain"}).model) == {"dropout": (0.0,)}
     timm_settings = applied_settings(config.replace({"model": "resnet18"}).model)

@@ -1,10 +1,11 @@
-"""The promotion flow (`medxp promote`): move the `champion` alias by the no-regression rule, recorded in a run."""
+"""The promotion flows: `medxp promote` moves the `champion` alias by the no-regression rule, `medxp rollback`
+moves it back to `previous`; each decision is recorded in a run."""
 
 from __future__ import annotations
 
 from medxp.config import ExperimentConfig
 from medxp.flows.project_data import uses_generated_data
-from medxp.promotion import PromotionDecision, promote
+from medxp.promotion import PromotionDecision, promote, rollback
 from medxp.tracking.base import Tracker
 
 
@@ -23,6 +24,23 @@ def promote_and_record(config: ExperimentConfig, tracker: Tracker, *, version: s
                        primary_metric=config.eval.primary_metric, note=note,
                        require_significant=config.promote.require_significant,
                        resamples=config.promote.bootstrap_resamples, confidence=config.eval.confidence)
+    _record(decision, tracker)
+    return decision
+
+
+def rollback_and_record(config: ExperimentConfig, tracker: Tracker, *, note: str = "") -> PromotionDecision:
+    """Moves `champion` back to the `previous` version (`medxp.promotion.rollback`) and records it.
+
+    Raises:
+        MedxpError: the dataset has no registered model, or no `previous` version to go back to.
+    """
+    decision = rollback(config.dataset.name, synthetic=uses_generated_data(config),
+                        primary_metric=config.eval.primary_metric, note=note)
+    _record(decision, tracker)
+    return decision
+
+
+def _record(decision: PromotionDecision, tracker: Tracker) -> None:
     tracker.set_tags({"promotion.outcome": decision.outcome, "promotion.model": decision.registered_model,
                       "promotion.candidate": decision.candidate_version, "promotion.forced": decision.forced})
     if decision.paired is not None:
@@ -30,4 +48,3 @@ def promote_and_record(config: ExperimentConfig, tracker: Tracker, *, version: s
                              "paired_difference_ci_low": decision.paired.ci_low,
                              "paired_difference_ci_high": decision.paired.ci_high})
     tracker.log_text(decision.reason, "promotion.txt")
-    return decision

@@ -55,7 +55,8 @@ def search_explain_register(config: ExperimentConfig, tracker: MlflowTracker, *,
                          f"(trials per state: {search.state_counts}); see the failed trials' runs")
     best = search.best_config
     data, model = open_logged_model(best, search.best_model_uri, tracker, {
-        "best_trial": str(search.best_trial_number), "best_run_id": str(search.best_run_id)})
+        "best_trial": str(search.best_trial_number), "best_run_id": str(search.best_run_id),
+        **search.best_weights})  # the model card states where the registered model's weights came from
     model, model_uri = select_model(search, model, data, best, tracker)
     evaluation = evaluate_and_record(model, data, "test", best, tracker)
     explained = explain_model(model, data, best, tracker, num_samples=explain_samples) \

@@ -85,6 +85,8 @@ class SearchResult:
     wall_time_s: float = 0.0
     # Finished trials that logged a model, best validation objective first: (trial number, objective, model URI).
     ranked_models: list[tuple[int, float, str]] = field(default_factory=list)
+    # The best trial's weight provenance (`model.weights_source`, `model.weights_sha256` tags of its run).
+    best_weights: dict[str, str] = field(default_factory=dict)
 
     @property
     def trials_trained(self) -> int:
@@ -123,7 +125,7 @@ def run_search(config: ExperimentConfig, *, search_name: str | None = None, pare
     name = search_name or config.search.name or _default_name(config, space)
     tracking_uri = absolute_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
-    storage = config.search.storage or os.environ.get(STORAGE_ENV) or default_storage(tracking_uri)
+    storage = study_storage(config, tracking_uri)
     with _parent_run(config, name, parent_tracker) as parent:
         _log_search_data(parent, config, root, audit)  # leakage with audit.on_leak=fail stops here
         fingerprint = create_datamodule(base, audit).fingerprint  # what every trial must find on its node
@@ -153,6 +155,11 @@ def trial_base_config(config: ExperimentConfig) -> ExperimentConfig:
     if not config.train.threads:
         overrides["train.threads"] = max(int(settings.cpus_per_trial), 1)
     return config.replace(overrides, origin="search settings")
+
+
+def study_storage(config: ExperimentConfig, tracking_uri: str) -> str:
+    """Where the project's Optuna studies live: `search.storage`, `$MEDXP_SEARCH_STORAGE`, else beside the MLflow store."""
+    return config.search.storage or os.environ.get(STORAGE_ENV) or default_storage(tracking_uri)
 
 
 def absolute_tracking_uri() -> str:
@@ -304,8 +311,8 @@ def close_leftover_runs(study: optuna.Study, experiment_id: str, parent_run_id: 
     """Makes every child run of the study agree with the study: runs still RUNNING (a stopped or crashed
     trial) end with the study's state, and a run that ended after its driver was killed, before the
     driver recorded its result (the study holds it failed), is tagged failed too. A trial the study holds
-    whose worker never opened its run (its driver was killed in between) gets a failed run under
-    `parent_run_id` saying so, so that the MLflow UI shows every trial the study holds."""
+    whose worker never opened its run (its driver was killed in between; the study holds it failed) gets
+    a failed run under `parent_run_id` saying so, so that the MLflow UI shows every trial that was started."""
     client = MlflowClient()
     trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
     seen = set()
@@ -321,9 +328,9 @@ def close_leftover_runs(study: optuna.Study, experiment_id: str, parent_run_id: 
             reason = (f"the run ended {run.data.tags.get(STATE_TAG, 'untagged')} but its search stopped before "
                       f"recording the result: the study holds trial {number} {name}")
         close_trial_run(client, run.info.run_id, name, reason)
-    if parent_run_id:
+    if parent_run_id:  # a proposal that took a finished twin's outcome (DUPLICATE_OF) never has a run of its own
         for number, trial in sorted(trials.items()):
-            if number not in seen and trial.state in _STATE_NAMES:
+            if number not in seen and trial.state == TrialState.FAIL and DUPLICATE_OF not in trial.user_attrs:
                 _record_unopened_trial(client, experiment_id, parent_run_id, study.study_name, trial)
 
 
@@ -366,6 +373,9 @@ def _result(study: optuna.Study, space: SearchSpace, config: ExperimentConfig, b
         result.best_config = config.replace({"train.epochs": base.train.epochs, **params},
                                             origin=f"study {study.study_name} trial {best.number}")
         result.best_run_id = best.user_attrs.get("mlflow_run_id")
+        if result.best_run_id:
+            tags = MlflowClient().get_run(result.best_run_id).data.tags
+            result.best_weights = {key: value for key, value in tags.items() if key.startswith("model.weights_")}
         result.best_model_uri = best.user_attrs.get("model_uri") or None
         trained_complete = [t for t in complete if DUPLICATE_OF not in t.user_attrs and t.user_attrs.get("model_uri")]
         result.ranked_models = [(t.number, float(t.value), t.user_attrs["model_uri"])
