@@ -56,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--per-class", type=int, default=2, help="images per class to explain")
     explain.add_argument("--samples", type=int, default=1000, help="LIME perturbations per image")
     explain.set_defaults(handler=_explain)
+    predict = verbs.add_parser("predict", help="score image files and folders with a registered model, into a CSV")
+    _add_config_arguments(predict)
+    _add_model_uri_argument(predict)
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files (PNG, JPEG, DICOM, ...) or folders")
+    predict.add_argument("--output", default="predictions.csv", help="the CSV to write (default: predictions.csv)")
+    predict.add_argument("--explain", action="store_true", help="also a LIME PNG per image, beside the CSV")
+    predict.add_argument("--samples", type=int, default=1000, help="LIME perturbations per image (--explain)")
+    predict.set_defaults(handler=_predict)
     promote = verbs.add_parser("promote", help="move the registry alias 'champion' to a better version")
     _add_config_arguments(promote)
     promote.add_argument("--version", default="", help="candidate version (default: the latest)")
@@ -257,6 +265,20 @@ def _promote(args: argparse.Namespace) -> None:
         decision = promote_and_record(config, tracker, version=args.version or None, force=args.force == "true",
                                       note=args.note)
     print(decision.reason)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from medxp.flows.predict import predict_files
+
+    config = load_config(args)
+    model_uri = _model_uri(args, config)
+    summary = predict_files(model_uri, args.paths, args.output, explain=args.explain, progress=not args.no_progress,
+                            explain_samples=args.samples)
+    print(f"{model_uri}: {summary.predicted} file(s) predicted, {len(summary.failed)} not readable -> {summary.output}")
+    for path, reason in summary.failed:
+        print(f"  not predicted: {path}: {reason}")
+    if summary.explanations:
+        print(f"LIME explanations: {summary.explanations[0].parent} ({len(summary.explanations)} PNG)")
 
 
 def _rollback(args: argparse.Namespace) -> None:

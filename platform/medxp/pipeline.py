@@ -100,7 +100,10 @@ def inference_model(model: nn.Module, config: ExperimentConfig, data: DataModule
                 "positive_index": rule.positive_index if rule.threshold is not None else None,
                 "threshold_split": rule.chosen_on}
     mean, std = data.input_statistics(config.dataset)  # per channel, or per feature fitted on train
-    return InferenceModel(model.cpu().eval(), mean, std, **decision).eval()
+    # What serving reads files by (class names, one input's shape), so a registered model needs no project config.
+    described = {"class_names": data.class_names, "input_shape": tuple(data.datasets["valid"].images.shape[1:]),
+                 "modality": config.dataset.modality, "feature_names": config.dataset.feature_columns}
+    return InferenceModel(model.cpu().eval(), mean, std, **decision, **described).eval()
 
 
 def model_inputs(data: DataModule, split: str) -> torch.Tensor:

@@ -234,7 +234,9 @@ def _ensure_registered_model(client: MlflowClient, name: str, config: Experiment
         pass
     spec = config.dataset
     lines = [f"Image classifier for the **{spec.name}** dataset (classes: {', '.join(spec.class_names)}); "
-             "input float32 (N, C, H, W) pixels in [0, 1], output class probabilities."]
+             "input float32 (N, C, H, W) pixels in [0, 1], output class probabilities; served "
+             "(`mlflow models serve`, pyfunc) it also takes a column `image` of base64 PNG/JPEG/DICOM files and "
+             "answers prob_<class>, label, threshold, model_name, model_version and error per row."]
     if synthetic:
         lines.append("**DEMO**: trained on GENERATED synthetic images, not real patients. Not for clinical use.")
     lines.append(f"Versions come from medxp runs. Alias `{CHAMPION}` is the best version by "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -12,6 +13,7 @@ from medxp.errors import MedxpError
 from medxp.flows.ensemble import build_ensemble, run_ensemble
 from medxp.models import EnsembleModel, MemberInfo, load_inference_model
 from medxp.pipeline import run_experiment
+from medxp.tracking.mlflow_flavor import png_base64
 from medxp.tracking.mlflow_tracker import MlflowTracker
 
 pytestmark = pytest.mark.slow
@@ -45,11 +47,18 @@ def test_ensemble_averages_members_logs_as_one_pyfunc_and_registers(tiny_config,
     assert result.registered_name == "glaucoma-classifier-demo" and result.registered_version == "1"
 
     version = mlflow.register_model(result.model_uri, "ensemble-demo").version
+    # Image files (base64 PNGs of 8-bit pixels) get medxp.serving's answer table from the ensemble too.
+    quantized = torch.round(images[:2] * 255) / 255
+    with torch.no_grad():
+        expected_files = torch.stack([member(quantized) for member in members]).mean(0).numpy()
     for uri in (result.model_uri, f"models:/ensemble-demo/{version}", "models:/glaucoma-classifier-demo/1"):
         loaded = mlflow.pyfunc.load_model(uri)
         for batch in (1, 4):
             predicted = loaded.predict(images[:batch].numpy())
             np.testing.assert_allclose(predicted, expected[:batch], rtol=1e-5, atol=1e-6)
+        table = loaded.predict(pd.DataFrame({"image": [png_base64(image) for image in quantized.numpy()]}))
+        np.testing.assert_allclose(table[["prob_normal", "prob_abnormal"]], expected_files, rtol=1e-5, atol=1e-6)
+        assert table["error"].tolist() == ["", ""] and set(table["label"]) <= {"normal", "abnormal"}
     reloaded = load_inference_model(f"models:/ensemble-demo/{version}")
     assert isinstance(reloaded, EnsembleModel) and len(reloaded.members) == 2
     # The binary ensemble's own operating point, chosen on valid, is logged and travels with the model.

@@ -112,3 +112,33 @@ def test_the_csv_layout_is_known_to_a_process_that_imported_only_config():
     code = "from medxp.config import load_project; print(load_project('fetal_health').dataset.layout)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "csv"
+
+
+def test_a_project_starts_from_its_recipe_and_an_experiment_can_drop_it(tmp_path, monkeypatch):
+    projects, recipes = tmp_path / "projects", tmp_path / "recipes"
+    (projects / "lab").mkdir(parents=True)
+    recipes.mkdir()
+    monkeypatch.setenv("MEDXP_PROJECTS_DIR", str(projects))
+    monkeypatch.setenv("MEDXP_RECIPES_DIR", str(recipes))
+    (recipes / "warm.yaml").write_text("model: {name: resnet18, head_dropout: 0.2}\ntrain: {lr: 0.01, epochs: 7}\n")
+    (projects / "lab" / "project.yaml").write_text(
+        "recipe: warm\ndataset: {name: lab, class_names: [a, b], positive_class: b}\ntrain: {lr: 0.5}\n")
+    (projects / "lab" / "experiments").mkdir()
+    (projects / "lab" / "experiments" / "scratch.yaml").write_text("recipe: none\nmodel: {name: small_cnn}\n")
+    config = load_project("lab")
+    assert (config.model.name, config.model.head_dropout, config.train.epochs) == ("resnet18", 0.2, 7)
+    assert config.train.lr == 0.5  # the project's own key wins over the recipe's
+    scratch = load_project("lab", experiment="scratch")
+    assert (scratch.model.head_dropout, scratch.train.epochs, scratch.train.lr) == (0.3, 20, 0.5)
+
+    (projects / "lab" / "project.yaml").write_text("recipe: hot\ndataset: {name: lab, class_names: [a, b], positive_class: b}\n")
+    with pytest.raises(MedxpError, match=r"project.yaml: 'recipe' = 'hot': expected 'none' or the name of a file "
+                                         r"under .*recipes; valid: warm"):
+        load_project("lab")
+    (projects / "lab" / "project.yaml").write_text("recipe: warm\ndataset: {name: lab, class_names: [a, b], positive_class: b}\n")
+    (recipes / "warm.yaml").write_text("train: {lrr: 0.01}\n")
+    with pytest.raises(MedxpError, match=r"warm.yaml: unknown key 'train.lrr'"):
+        load_project("lab")
+    (recipes / "warm.yaml").write_text("dataset: {image_size: 64}\n")
+    with pytest.raises(MedxpError, match=r"warm.yaml: a recipe holds model, train, data, search and eval sections"):
+        load_project("lab")

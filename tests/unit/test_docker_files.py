@@ -5,6 +5,7 @@
 - the Dockerfiles with BuildKit's own parser (the `dockerfile` package) and the hadolint linter;
 - the facts that tie the files together: every variable is in .env.example, secrets come only from it,
   published ports bind 127.0.0.1 by default, the worker reserves GPUs, the pins match pyproject.toml;
+- the serving image: medxp installed as in the worker image, `mlflow models serve -m $MODEL_URI` as its command;
 - the tracking image's entrypoint, by calling it.
 """
 
@@ -38,7 +39,8 @@ REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 ENV_EXAMPLE = DOCKER / ".env.example"
-DOCKERFILES = {"mlflow": DOCKER / "mlflow.Dockerfile", "worker": DOCKER / "worker.Dockerfile"}
+DOCKERFILES = {"mlflow": DOCKER / "mlflow.Dockerfile", "worker": DOCKER / "worker.Dockerfile",
+               "serve": DOCKER / "serve.Dockerfile"}
 SERVICES = ("postgres", "mlflow", "ray-head", "ray-worker")
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|_KEY\b|CREDENTIAL", re.IGNORECASE)
 # The instructions of the Dockerfile reference (BuildKit's parser accepts any word; the build does not).
@@ -384,6 +386,35 @@ def test_tracking_image_has_mlflow_auth_and_the_postgres_driver_at_the_project_p
     assert instructions(DOCKERFILES["mlflow"])[0].value[0] == "python:3.11-slim"
     entrypoint = [c for c in instructions(DOCKERFILES["mlflow"]) if c.cmd == "ENTRYPOINT"]
     assert entrypoint and entrypoint[-1].value[-1] == "/usr/local/bin/medxp-mlflow-entrypoint"
+
+
+def test_serving_image_installs_medxp_like_the_worker_and_serves_model_uri_with_mlflow():
+    project = pyproject()["project"]
+    installed = pip_installed(DOCKERFILES["serve"])
+    for name in ("torch", "torchvision"):
+        assert f"{name}=={next(iter(pinned(project['dependencies'], name).specifier)).version}" in installed
+    assert ".[cluster]" in installed and ".[cluster]" in pip_installed(DOCKERFILES["worker"]), \
+        "the serving image installs medxp as the worker image does"
+    assert pinned(project["dependencies"], "pydicom"), "serving decodes DICOM: pydicom is a dependency"
+    commands = instructions(DOCKERFILES["serve"])
+    base = commands[0].value[0]
+    match = re.fullmatch(r"python:(\d)\.(\d+)-slim", base)
+    assert match and Requirement(f"x{project['requires-python']}").specifier.contains(f"{match[1]}.{match[2]}")
+    assert any("import medxp.serving" in " ".join(words) for words in run_commands(DOCKERFILES["serve"])), \
+        "the build checks that the models' loader, medxp.serving, imports"
+    [cmd] = [c for c in commands if c.cmd == "CMD"]
+    assert cmd.value[:2] == ("bash", "-c")
+    served = shlex.split(cmd.value[2].removeprefix("exec "))
+    assert served[:3] == ["mlflow", "models", "serve"]
+    options = dict(zip(served[3::2], served[4::2]))
+    assert options["-m"].startswith("${MODEL_URI:?") and options["--env-manager"] == "local"
+    assert options["-h"] == "0.0.0.0"
+    [exposed] = [c.value[0] for c in commands if c.cmd == "EXPOSE"]
+    assert options["-p"] == exposed
+    [health] = [c for c in commands if c.cmd == "HEALTHCHECK"]
+    assert f"127.0.0.1:{exposed}/ping" in " ".join(health.value)
+    ignored = set((DOCKER / "serve.Dockerfile.dockerignore").read_text().split())
+    assert {".venv", "docker/.env", "**/.env", "mlruns", "mlflow.db", "data", ".git"} <= ignored
 
 
 def test_compose_builds_each_service_from_its_dockerfile_and_contexts_keep_secrets_out():

@@ -8,8 +8,8 @@ shape (from their signatures); a mismatch is an error naming the members.
 `medxp.models.EnsembleModel` is an `nn.Module`, so it is evaluated like any logged model
 (`medxp.pipeline.evaluate_and_record`). `log_ensemble` stores it as one MLflow pyfunc
 model (`medxp.models.loading.EnsemblePyfunc`): each member saved as an artifact inside it, so
-`mlflow.pyfunc.load_model(uri).predict(pixels)` returns the averaged probabilities and the
-model registers like any other; `medxp.models.load_inference_model` loads it back as an `nn.Module`.
+`mlflow.pyfunc.load_model(uri).predict(pixels)` returns the averaged probabilities (and a column
+`image` of base64 files gets `medxp.serving`'s answer table), and the model registers like any other; `medxp.models.load_inference_model` loads it back as an `nn.Module`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from typing import Sequence
 import mlflow
 import numpy as np
 import torch
-from mlflow.models import infer_signature
 
 import medxp
 from medxp.config import ExperimentConfig
@@ -35,6 +34,7 @@ from medxp.models.loading import EnsemblePyfunc, load_inference_model, member_in
 from medxp.pipeline import evaluate_and_record, evaluate_inference_model, example_batch, model_inputs, prepare
 from medxp.promotion import register_model
 from medxp.tracking.base import Tracker
+from medxp.tracking.mlflow_flavor import serving_example
 from medxp.tracking.mlflow_tracker import MlflowTracker, pinned_requirements
 from medxp.training.evaluate import Evaluation, fit_prediction_rule
 
@@ -121,15 +121,16 @@ def log_ensemble(ensemble: EnsembleModel, tracker: MlflowTracker, input_example:
     """
     tracker.check_active("ensemble")
     example = _example(ensemble, input_example)
-    with torch.no_grad():
-        output = ensemble.eval()(torch.as_tensor(example)).numpy()
     with tempfile.TemporaryDirectory(prefix="medxp-ensemble-") as scratch:
         artifacts = _save_members(ensemble, Path(scratch))
+        # No signature, as for a single model (medxp.tracking.mlflow_flavor): the server then passes both the
+        # `image` column and tensors through to EnsemblePyfunc.predict; the example is one image as that column.
         info = mlflow.pyfunc.log_model(
             name=name, python_model=EnsemblePyfunc(ensemble.member_info, ensemble.decision), artifacts=artifacts,
             code_paths=[str(Path(medxp.__file__).parent)], pip_requirements=pinned_requirements(),
-            signature=infer_signature(example, output), input_example=example,
+            signature=False, input_example=serving_example(ensemble, example),
             metadata={"medxp.kind": "ensemble", "class_names": list(ensemble.class_names),
+                      "input_shape": list(ensemble.input_shape),
                       "members": [info.source for info in ensemble.member_info]},
         )
     tracker.set_tags({"ensemble.size": str(len(ensemble.members)),

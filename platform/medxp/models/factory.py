@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -268,11 +269,18 @@ class InferenceModel(nn.Module):
     `predict_label`. Without a threshold (`threshold` NaN, `positive_index` -1)
     `predict_label` is the arg-max. `operating_point` names the rule that chose the
     threshold and `threshold_split` the split it was chosen on.
+
+    What serving needs to read files without the project config travels as plain attributes:
+    `class_names` (the output columns, in order), `input_shape` (one input without the batch
+    axis: (C, H, W) or (F,)), `modality` (`image`, `tabular`) and `feature_names` (a table's
+    columns, in order). Models pickled before these existed lack them; read them with getattr.
     """
 
     def __init__(self, network: nn.Module, mean, std, *, temperature: float = 1.0,
                  threshold: float | None = None, positive_index: int | None = None,
-                 operating_point: str = "argmax", threshold_split: str = "valid") -> None:
+                 operating_point: str = "argmax", threshold_split: str = "valid",
+                 class_names: Sequence[str] = (), input_shape: Sequence[int] = (), modality: str = "image",
+                 feature_names: Sequence[str] = ()) -> None:
         super().__init__()
         if (threshold is None) != (positive_index is None):
             raise MedxpError("InferenceModel: a threshold needs its positive_index (and the reverse); "
@@ -289,6 +297,10 @@ class InferenceModel(nn.Module):
         self.register_buffer("positive_index", torch.tensor(-1 if positive_index is None else int(positive_index)))
         self.operating_point = operating_point if threshold is not None else "argmax"
         self.threshold_split = threshold_split
+        self.class_names = tuple(str(name) for name in class_names)
+        self.input_shape = tuple(int(size) for size in input_shape)
+        self.modality = modality
+        self.feature_names = tuple(str(name) for name in feature_names)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (inputs.ndim - 2)
@@ -299,12 +311,22 @@ class InferenceModel(nn.Module):
 
     def predict_label(self, inputs: torch.Tensor) -> torch.Tensor:
         """Class labels: positive where p(positive) >= `threshold`, else the other class; arg-max without one."""
-        probabilities = self(inputs)
-        threshold, positive = getattr(self, "threshold", None), getattr(self, "positive_index", None)
-        if threshold is None or positive is None or torch.isnan(threshold) or int(positive) < 0:
-            return probabilities.argmax(dim=1)
-        positive = int(positive)
-        return torch.where(probabilities[:, positive].double() >= threshold.double(), positive, 1 - positive)
+        return decide_labels(self(inputs), getattr(self, "threshold", None), getattr(self, "positive_index", None))
+
+
+def decide_labels(probabilities: torch.Tensor, threshold: Any, positive_index: Any) -> torch.Tensor:
+    """Class indices at a stored operating point: positive where p(positive) >= `threshold`, else the other class.
+
+    Args:
+        probabilities: (N, classes) class probabilities.
+        threshold: The binary threshold (a tensor or a number); None or NaN: arg-max.
+        positive_index: The positive class's column; None or negative: arg-max.
+    """
+    threshold = float("nan") if threshold is None else float(threshold)
+    positive = -1 if positive_index is None else int(positive_index)
+    if math.isnan(threshold) or positive < 0:
+        return probabilities.argmax(dim=1)
+    return torch.where(probabilities[:, positive].double() >= threshold, positive, 1 - positive)
 
 
 def _register_builtins() -> None:

@@ -5,11 +5,14 @@ version `models:/<name>/<version>`, `models:/<name>@champion`) or a medxp ensemb
 one pyfunc model (`EnsemblePyfunc`) with each member saved as an artifact inside it and
 loaded in `load_context`, so `mlflow.pyfunc.load_model(uri).predict(pixels)` returns the
 averaged probabilities. `load_inference_model` loads either kind; `member_info` reads what
-must agree between ensemble members (class names from the run, input shape from the signature).
+must agree between ensemble members (class names and input shape from the model's `medxp`
+flavor, else the run's `dataset.class_names` and the model's signature). An ensemble also answers
+image files (a column `image` of base64 strings) through `medxp.serving.image_table`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import mlflow
@@ -39,11 +42,13 @@ def load_inference_model(model_uri: str) -> nn.Module:
 
 
 def member_info(model_uri: str, model: nn.Module | None = None) -> MemberInfo:
-    """The class names (from the model, else its run's `dataset.class_names`) and input shape (signature)."""
+    """The class names and input shape: the model's `medxp` flavor or attributes, else its run and signature."""
     info = _model_info(model_uri)
-    class_names = tuple(getattr(model, "class_names", ()) or _run_class_names(info.run_id))
-    input_shape: tuple[int, ...] = ()
-    if info.signature is not None and info.signature.inputs is not None:
+    recorded = (info.flavors or {}).get("medxp") or {}
+    class_names = tuple(recorded.get("class_names") or getattr(model, "class_names", ())
+                        or _run_class_names(info.run_id))
+    input_shape = tuple(int(size) for size in recorded.get("input_shape") or getattr(model, "input_shape", ()) or ())
+    if not input_shape and info.signature is not None and info.signature.inputs is not None:
         shape = getattr(info.signature.inputs.inputs[0], "shape", None)
         input_shape = tuple(int(size) for size in shape[1:]) if shape else ()
     return MemberInfo(model_uri, class_names, input_shape)
@@ -80,9 +85,20 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
         keys = sorted(context.artifacts, key=lambda key: int(key.rsplit("_", 1)[1]))
         models = [mlflow.pytorch.load_model(context.artifacts[key], map_location="cpu").eval() for key in keys]
         self.ensemble = EnsembleModel(models, self.member_info or None, getattr(self, "decision", None)).eval()
+        from medxp.serving import identity_of_folder  # serving reads files; only a loaded ensemble needs it
+
+        # The members lie in <model folder>/artifacts/member_<i>: the folder above names the ensemble.
+        self.identity = identity_of_folder(Path(context.artifacts[keys[0]]).parent) if keys else None
 
     def predict(self, context, model_input, params=None):  # no hints: MLflow would read them as a schema
-        """(N, C, H, W) float32 pixels in [0, 1] -> (N, classes) probabilities (numpy)."""
+        """(N, C, H, W) float32 pixels in [0, 1] -> (N, classes) probabilities (numpy); a column `image` of
+        base64 files -> the answer table of `medxp.serving` (probabilities, label, threshold, ..., error)."""
+        from medxp.serving import ModelFacts, ModelIdentity, image_table, image_values
+
+        images = image_values(model_input)
+        if images is not None:
+            facts = ModelFacts(tuple(self.ensemble.class_names), tuple(self.ensemble.input_shape))
+            return image_table(self.ensemble, images, facts, getattr(self, "identity", None) or ModelIdentity())
         inputs = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
         with torch.no_grad():
             return self.ensemble(inputs).numpy()

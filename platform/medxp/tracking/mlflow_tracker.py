@@ -27,9 +27,7 @@ from typing import Any, Iterator, Mapping
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
-import torch
 from mlflow.environment_variables import MLFLOW_EXPERIMENT_ID, MLFLOW_EXPERIMENT_NAME, MLFLOW_RUN_ID
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
@@ -37,6 +35,7 @@ from torch import nn
 
 import medxp
 from medxp.errors import MedxpError
+from medxp.tracking import mlflow_flavor
 
 log = logging.getLogger(__name__)
 
@@ -234,17 +233,16 @@ class MlflowTracker:
         mlflow.log_text(text, path)
 
     def log_model(self, model: nn.Module, input_example: Any, name: str = "model") -> str | None:
-        """Logs the model as a pickled PyTorch flavour; returns its `models:/m-...` URI.
+        """Logs the model in medxp's flavor (`medxp.tracking.mlflow_flavor`); returns its `models:/m-...` URI.
 
-        Pickle, not MLflow's default pt2 export: pt2 traces with the input example and
-        can freeze the batch dimension, so the logged model would refuse other batch sizes.
+        The folder keeps the pickled `pytorch` flavor (`mlflow.pytorch.load_model` returns the module) and
+        gets `medxp.serving` as its pyfunc face (`mlflow.pyfunc.load_model`, `mlflow models serve`: image
+        files or tensors in). Pickle, not MLflow's pt2 export: pt2 traces with the input example and can
+        freeze the batch dimension, so the logged model would refuse other batch sizes.
         """
-        model = model.cpu().eval()
-        with torch.no_grad():
-            output = model(torch.as_tensor(input_example)).numpy()
-        info = mlflow.pytorch.log_model(
-            model, name=name, input_example=input_example, signature=infer_signature(input_example, output),
-            serialization_format="pickle", pip_requirements=pinned_requirements(),
+        info = mlflow.models.Model.log(
+            artifact_path=None, name=name, flavor=mlflow_flavor, pytorch_model=model.cpu().eval(),
+            input_example=input_example, serialization_format="pickle", pip_requirements=pinned_requirements(),
             code_paths=[str(Path(medxp.__file__).parent)],
         )
         return info.model_uri
@@ -259,5 +257,7 @@ def pinned_requirements() -> list[str]:
     """Pins of what loading a logged medxp model needs (saves MLflow's slow requirement inference)."""
     from importlib.metadata import version
 
-    # scikit-learn: estimator models (hist_gradient_boosting) are pickled with the logged model.
-    return [f"{name}=={version(name)}" for name in ("torch", "torchvision", "timm", "numpy", "scikit-learn", "mlflow")]
+    # scikit-learn: estimator models (hist_gradient_boosting) are pickled with the logged model;
+    # pillow, pydicom and pandas: `medxp.serving` decodes image files and answers a table.
+    return [f"{name}=={version(name)}" for name in ("torch", "torchvision", "timm", "numpy", "scikit-learn", "mlflow",
+                                                    "pandas", "pillow", "pydicom")]
