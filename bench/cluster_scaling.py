@@ -40,7 +40,8 @@ RESULTS = REPO / "bench" / "results"
 sys.path.insert(0, str(REPO))  # the services of tests/cluster/
 
 from tests.cluster.conftest import Cluster  # noqa: E402
-from tests.cluster.services import MlflowServer, Postgres, RayNode, loopback_namespace, wait_for_nodes  # noqa: E402
+from tests.cluster.services import (  # noqa: E402
+    MlflowServer, Postgres, RayNode, loopback_namespace, tracking_stack, wait_for_nodes)
 
 
 def parse_args() -> argparse.Namespace:
@@ -161,17 +162,8 @@ def main() -> None:
     data_dir = root / "shared-data" / "glaucoma"
     prepare_data(data_dir, settings)
     loads = {"before": os.getloadavg()[0]}
-    started: list = []
-    with loopback_namespace():
-        try:
-            postgres = Postgres().start()
-            started.append(postgres)
-            server = MlflowServer(postgres, root / "mlflow").start()
-            started.append(server)
-            rows = [measure(root, postgres, server, data_dir, settings, args, count) for count in (1, 2)]
-        finally:
-            for service in reversed(started):
-                service.stop()
+    with loopback_namespace(), tracking_stack(root) as stack:
+        rows = [measure(root, stack.postgres, stack.server, data_dir, settings, args, count) for count in (1, 2)]
     loads["after"] = os.getloadavg()[0]
     report(rows, args, settings, loads)
     print(f"logs under {root}")

@@ -117,7 +117,7 @@ def print_table(rows: list[dict[str, Any]], size: int, samples: int) -> None:
 
 def main() -> None:
     args = parse_args()
-    config = load_project("glaucoma", {"dataset.image_size": args.size})
+    config = load_project("glaucoma", {"dataset.image_size": args.size}, experiment="small_cnn")
     torch.manual_seed(0)
     model = InferenceModel(create_model(config.model, config.dataset).eval(), config.dataset.mean,
                            config.dataset.std).eval()

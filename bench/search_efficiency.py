@@ -85,6 +85,9 @@ DATA = {
         "goal": {"gap_points": 0.5, "epochs_ratio": 1 / 3},
     },
 }
+# The glaucoma study's grid trained a small CNN from scratch: its project's small_cnn experiment, not
+# the project's default ImageNet fine-tune.
+EXPERIMENT = {"glaucoma": "small_cnn"}
 BUDGET_KEYS = ("epochs", "trials", "grace_period", "reduction_factor", "repeats", "images_per_class", "folds",
                "image_size")
 
@@ -161,7 +164,8 @@ def grid_point(job: tuple[str, dict, str, float, int]) -> dict:
 
     name, overrides, optimizer, lr, batch_size = job
     started = time.monotonic()
-    config = load_project(name, {**overrides, "optimizer": optimizer, "lr": lr, "batch_size": batch_size})
+    config = load_project(name, {**overrides, "optimizer": optimizer, "lr": lr, "batch_size": batch_size},
+                          experiment=EXPERIMENT.get(name))
     result = run_experiment(config, NullTracker(), log_model=False, progress=False)
     return {"optimizer": optimizer, "lr": lr, "batch_size": batch_size, "objective": result.objective,
             "epochs": len(result.fit.history), "validation_images": len(result.data.datasets["valid"]),
@@ -207,7 +211,7 @@ def vanilla_trial(params: dict, *, name: str, overrides: dict) -> None:
                 return  # the last epoch goes with the final evaluation below
             tune.report({EPOCH_METRIC: float(metrics[EPOCH_METRIC]), "epoch": epoch, "reported_at": time.time()})
 
-    config = load_project(name, {**overrides, **params})
+    config = load_project(name, {**overrides, **params}, experiment=EXPERIMENT.get(name))
     result = run_experiment(config, NullTracker(), callbacks=[EpochReporter()], log_model=False, progress=False)
     tune.report({EPOCH_METRIC: float(result.objective), "epoch": len(result.fit.history), "finished": True,
                  "reported_at": time.time()})
@@ -223,7 +227,8 @@ def run_vanilla_search(args: argparse.Namespace, workdir: Path, trials: int, see
     from medxp.config import load_project
 
     overrides = base_overrides(args, workdir)
-    startup_trials = load_project(project(args), overrides).search.startup_trials
+    name = project(args)
+    startup_trials = load_project(name, overrides, experiment=EXPERIMENT.get(name)).search.startup_trials
 
     class Recorder(tune.Callback):
         """Driver side: every result each trial reported (the bench's measurement, not part of the search)."""
@@ -303,7 +308,7 @@ def run_medxp_search(args: argparse.Namespace, workdir: Path, trials: int, seed:
     config = load_project(project(args), {
         **base_overrides(args, workdir), "search.space": str(space), "search.n_trials": trials,
         "search.max_concurrent": args.workers, "search.cpus_per_trial": 1, "search.ray_cpus": args.workers,
-        "search.seed": seed})
+        "search.seed": seed}, experiment=EXPERIMENT.get(project(args)))
     started = time.monotonic()
     result = run_search(config, search_name=f"efficiency-{args.data}-{trials}trials-seed{seed}-{int(time.time())}")
     wall = time.monotonic() - started
@@ -437,7 +442,8 @@ def main(argv: list[str] | None = None) -> None:
     from medxp.data.datamodule import ensure_data
 
     out = RESULTS / f"search_efficiency_{args.data}{'_quick' if args.quick else ''}.json"
-    ensure_data(load_project(project(args), base_overrides(args, workdir)))  # the demo data, once
+    ensure_data(load_project(project(args), base_overrides(args, workdir),  # the demo data, once
+                             experiment=EXPERIMENT.get(project(args))))
     grid = saved_grid(args, out)
     if grid is None:
         grid = run_grid(args, workdir)

@@ -70,7 +70,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="medxp-bench-"))
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/mlflow.db")
     config = load_project("glaucoma", {"data_dir": str(workdir / "data"),
-                                       "data.demo_images_per_class": args.images_per_class})
+                                       "data.demo_images_per_class": args.images_per_class}, experiment="small_cnn")
     data = create_datamodule(config)
     images = len(data.datasets["train"]) * args.epochs
     rows = []

@@ -24,6 +24,7 @@ from tests.cluster.services import (
     Postgres,
     RayNode,
     loopback_namespace,
+    tracking_stack,
     wait_for_nodes,
 )
 from tests.conftest import REPO, SMALL_CNN, TINY
@@ -122,24 +123,18 @@ def cluster(tmp_path_factory, decoded_image_cache):
     data_dir = root / "shared-data" / "glaucoma"  # the lab's shared mount: the same path on every node
     generate_fundus_demo(data_dir, images_per_class=TINY["data.demo_images_per_class"],
                          folds=TINY["data.demo_folds"], image_size=TINY["data.demo_image_size"])
-    started: list = []
-    with loopback_namespace():
+    with loopback_namespace(), tracking_stack(root) as stack:
+        head = stack.start(RayNode(root / "ray" / "head", token, num_cpus=3, num_gpus=2))
+        wait_for_nodes(head.head_address, token, 1)
+        cluster = Cluster(root, stack.postgres, stack.server, token, head, None, data_dir)  # type: ignore[arg-type]
+        worker, worker_id = cluster.start_worker("worker-1")
+        stack.started.append(worker)
+        cluster.worker, cluster.worker_node_id = worker, worker_id
         try:
-            postgres = Postgres().start()
-            started.append(postgres)
-            server = MlflowServer(postgres, root / "mlflow").start()
-            started.append(server)
-            head = RayNode(root / "ray" / "head", token, num_cpus=3, num_gpus=2).start()
-            started.append(head)
-            wait_for_nodes(head.head_address, token, 1)
-            cluster = Cluster(root, postgres, server, token, head, None, data_dir)  # type: ignore[arg-type]
-            worker, worker_id = cluster.start_worker("worker-1")
-            started.append(worker)
-            cluster.worker, cluster.worker_node_id = worker, worker_id
             yield cluster
-        finally:
-            for service in reversed(started + getattr(locals().get("cluster"), "extra_nodes", [])):
-                service.stop()
+        finally:  # nodes a test added stop first, then the rest of the stack in reverse order
+            for node in reversed(cluster.extra_nodes):
+                node.stop()
 
 
 def wait_for(check, what: str, timeout: float = 300, interval: float = 1.0):

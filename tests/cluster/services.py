@@ -290,6 +290,37 @@ def wait_for_nodes(address: str, token: str, count: int, timeout: float = 120) -
     return wait_until(alive, f"a Ray cluster of {count} node(s) at {address}", timeout=timeout, interval=1.0)
 
 
+class ServiceStack:
+    """Services started in order and stopped in reverse (each `stop()` ends what its `start()` began)."""
+
+    def __init__(self) -> None:
+        self.started: list = []
+        self.postgres: Postgres | None = None
+        self.server: MlflowServer | None = None
+
+    def start(self, service):
+        """Starts `service` and keeps it for the stop on exit; returns it started."""
+        self.started.append(service.start())
+        return self.started[-1]
+
+    def stop(self, also: list | tuple = ()) -> None:
+        for service in reversed([*self.started, *also]):
+            service.stop()
+
+
+@contextlib.contextmanager
+def tracking_stack(root: Path) -> Iterator[ServiceStack]:
+    """PostgreSQL and the `mlflow server` on it (its files under `root / "mlflow"`); whatever else is started
+    on the stack (Ray nodes) is stopped with them, in reverse order, however the block ends."""
+    stack = ServiceStack()
+    try:
+        stack.postgres = stack.start(Postgres())
+        stack.server = stack.start(MlflowServer(stack.postgres, root / "mlflow"))
+        yield stack
+    finally:
+        stack.stop()
+
+
 def _stop_group(process: subprocess.Popen | None, sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
     """Sends `sig` to the process group `process` leads, then SIGKILL to whatever is left after `grace` s."""
     if process is None or process.poll() is not None and not _group_alive(process.pid):
