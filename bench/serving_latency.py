@@ -17,23 +17,17 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.model_server: the same server start as the test
+from tests.model_server import free_port, start_model_server, stop_model_server  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def train_demo_champion(workdir: Path, experiment: str) -> tuple[str, Path, str]:
@@ -73,35 +67,6 @@ def post(port: int, body: bytes) -> float:
     return elapsed
 
 
-def serve(model_uri: str, workdir: Path, port: int) -> subprocess.Popen:
-    bin_dir = Path(sys.executable).parent
-    server = subprocess.Popen(
-        [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1",
-         "-p", str(port)],
-        cwd=workdir, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, start_new_session=True,
-        stdout=open(workdir / "serve.log", "wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"mlflow models serve exited ({server.returncode}); see {workdir / 'serve.log'}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                return server
-        except OSError:
-            time.sleep(0.5)
-    stop(server)
-    raise SystemExit("mlflow models serve did not answer /ping within 300 s")
-
-
-def stop(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-
-
 def summary(seconds: list[float]) -> dict[str, float]:
     ordered = sorted(seconds)
     return {"median_ms": 1000 * statistics.median(ordered), "p90_ms": 1000 * ordered[int(0.9 * (len(ordered) - 1))],
@@ -135,13 +100,13 @@ def main() -> None:
     encoded = encode_file(image)
     body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[encoded]]}}).encode()
     port = free_port()
-    server = serve(model_uri, workdir, port)
+    server = start_model_server(model_uri, workdir, port)
     try:
         for _ in range(args.warmup):
             post(port, body)
         http = [post(port, body) for _ in range(args.requests)]
     finally:
-        stop(server)
+        stop_model_server(server)
     local = mlflow.pyfunc.load_model(model_uri)
     frame = pd.DataFrame({"image": [encoded]})
     for _ in range(args.warmup):

@@ -10,12 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -33,6 +27,7 @@ from medxp.pipeline import run_experiment
 from medxp.promotion import register_model
 from medxp.serving import OUTPUT_COLUMNS, encode_file
 from medxp.tracking.mlflow_tracker import MlflowTracker
+from tests.model_server import free_port, start_model_server, stop_model_server
 
 pytestmark = pytest.mark.slow
 
@@ -40,12 +35,6 @@ NAME = "glaucoma-classifier-demo"
 CHAMPION = f"models:/{NAME}@champion"
 CLASSES = ("normal", "abnormal")
 PROBABILITIES = [f"prob_{name}" for name in CLASSES]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def post(port: int, body: dict) -> tuple[int, dict]:
@@ -57,31 +46,6 @@ def post(port: int, body: dict) -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
-
-
-def wait_for_ping(port: int, server: subprocess.Popen, seconds: float = 240) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"mlflow models serve exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"mlflow models serve did not answer /ping within {seconds:.0f} s")
-
-
-def stop(server: subprocess.Popen) -> None:
-    """Ends the server's own process group (the CLI and the uvicorn it started), by its id."""
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=20)
 
 
 def request_files(demo_root: Path, folder: Path) -> dict[str, Path]:
@@ -151,14 +115,8 @@ def test_the_champion_answers_image_files_over_http_as_in_process(tiny_config, d
     assert predicted["model_version"].astype(str).unique().tolist() == ["1"]
 
     port = free_port()
-    bin_dir = Path(sys.executable).parent
-    server = subprocess.Popen(
-        [str(bin_dir / "mlflow"), "models", "serve", "-m", CHAMPION, "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)],
-        cwd=tmp_path, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, start_new_session=True,
-        stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT)
+    server = start_model_server(CHAMPION, tmp_path, port)
     try:
-        wait_for_ping(port, server)
         status, split = post(port, {"dataframe_split": {"columns": ["image"], "data": [[image] for image in images]}})
         assert status == 200, split
         assert_same_answers(split["predictions"], table)
@@ -187,4 +145,4 @@ def test_the_champion_answers_image_files_over_http_as_in_process(tiny_config, d
             assert refused["error_code"] == "INVALID_PARAMETER_VALUE"
             assert "empty request" in refused["message"] and "expected at least one row" in refused["message"]
     finally:
-        stop(server)
+        stop_model_server(server)
