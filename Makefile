@@ -24,13 +24,16 @@ run: install
 test: install system-deps
 	$(PY) -m pytest $(ARGS)
 
-# tests/cluster start Debian's PostgreSQL server and a network namespace (iproute2, util-linux):
+# tests/cluster start Debian's PostgreSQL server and a network namespace (iproute2, util-linux);
+# tests/integration/test_ui_browser.py drives Debian's chromium (fonts-dejavu-core for its screenshots):
 # installed here when missing (as root); the tests need root for the namespace.
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v ip >/dev/null || ! command -v unshare >/dev/null; then \
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v ip >/dev/null || ! command -v unshare >/dev/null \
+	    || ! command -v chromium >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    --no-install-recommends postgresql iproute2 util-linux >/dev/null; \
-	  else echo "tests/cluster need Debian's postgresql, iproute2 and util-linux: run 'make system-deps' as root"; exit 1; fi; \
+	    --no-install-recommends postgresql iproute2 util-linux chromium fonts-dejavu-core >/dev/null; \
+	  else echo "the tests need Debian's postgresql, iproute2, util-linux and chromium: run 'make system-deps' as root"; \
+	    exit 1; fi; \
 	fi
 
 test-fast: install

@@ -160,6 +160,31 @@ def test_best_trial_points_at_its_logged_model_and_the_parent_has_the_report(sea
     assert "search/plots/optimization_history.html" in plots  # plotly is a dependency: interactive pages too
 
 
+def test_the_parent_run_describes_the_search_and_the_trials_are_named_by_dataset_and_model(searched):
+    parent = searched.client.get_run(searched.second.parent_run_id)
+    assert parent.info.run_name == "search-glaucoma-small_cnn"
+    description = parent.data.tags["mlflow.note.content"]
+    outcome, plan = description.split("### Hyper-parameter search")
+    assert outcome.startswith("### Outcome")
+    best = searched.second
+    assert f"Best: **trial {best.best_trial_number}** (run `glaucoma-small_cnn-trial-{best.best_trial_number:03d}`)" \
+        in outcome
+    metric = "validation ROC AUC (`valid_roc_auc`; positive class `abnormal`, threshold-free)"
+    assert f"{metric} **{best.best_value:.4f}**" in outcome
+    assert "3 complete, 2 fail, 2 pruned" in outcome and "`search/trials.csv`" in outcome
+    assert "`search/plots/optimization_history.png`" in outcome
+    assert "| `lr` | `train.lr` | 0.03, 1e-06, 1000000.0 |" in plan
+    assert "up to 3 epochs a trial, judged at epochs 1, 2" in plan
+    assert "**Trials**: 6 (`search.n_trials`; 4 to run now)" in plan
+    trials = child_runs(searched, best.parent_run_id)
+    for run in trials:
+        assert run.info.run_name == f"glaucoma-small_cnn-trial-{int(run.data.tags['medxp.trial_number']):03d}"
+    for run in trials:  # the searched value is a param, the validation metric a metric: Compare shows both
+        assert "train.lr" in run.data.params and "`lr` =" in run.data.tags["mlflow.note.content"]
+        if run.data.tags["medxp.trial_state"] == "finished":
+            assert "valid_roc_auc" in run.data.metrics
+
+
 def test_a_space_with_nothing_new_left_trains_each_point_once_and_ends(tmp_path, monkeypatch):
     (tmp_path / "space.yaml").write_text("lr: {type: categorical, choices: [0.03]}\n")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

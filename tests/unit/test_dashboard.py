@@ -48,9 +48,8 @@ def test_the_dashboard_serves_the_studies_beside_the_mlflow_store(tmp_path):
         server.wait(timeout=30)
 
 
-def test_no_study_storage_is_named_with_how_to_fill_it(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_no_study_storage_is_named_with_how_to_fill_it(tmp_path, mlflow_store, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # mlflow_store: sqlite:///<tmp_path>/mlflow.db
     monkeypatch.delenv("MEDXP_SEARCH_STORAGE", raising=False)
     assert main(["dashboard", "--dataset", "glaucoma"]) == 2
     err = capsys.readouterr().err

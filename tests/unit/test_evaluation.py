@@ -206,10 +206,14 @@ def test_inference_model_applies_its_temperature_in_forward():
 def test_pipeline_wraps_the_network_with_the_rule_fitted_on_valid():
     config = load_project("breastmnist")
     rule = PredictionRule(positive_index=0, temperature=1.5, threshold=0.42, operating_point="sensitivity@0.95")
-    data = SimpleNamespace(input_statistics=lambda spec: (spec.mean, spec.std))  # an image module's statistics
+    data = SimpleNamespace(input_statistics=lambda spec: (spec.mean, spec.std),  # an image module's statistics
+                           class_names=config.dataset.class_names,
+                           datasets={"valid": SimpleNamespace(images=torch.zeros(4, 1, 28, 28, dtype=torch.uint8))})
     model = inference_model(nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 2)), config, data, rule)
     assert (float(model.threshold), int(model.positive_index), float(model.temperature)) == (0.42, 0, 1.5)
     assert model.operating_point == "sensitivity@0.95"
+    # What serving reads files by travels with the model: class names and one input's shape.
+    assert model.class_names == tuple(config.dataset.class_names) and model.input_shape == (1, 28, 28)
 
 
 def test_evaluating_a_logged_model_uses_its_stored_threshold():

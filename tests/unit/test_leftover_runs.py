@@ -50,8 +50,8 @@ def test_a_trial_whose_worker_never_opened_its_run_gets_a_failed_run(mlflow_stor
     kept = _trial_run(experiment_id, "s", 0, "finished")
     parent = mlflow.MlflowClient().create_run(experiment_id, run_name="search").info.run_id
 
-    close_leftover_runs(study, experiment_id, parent)
-    close_leftover_runs(study, experiment_id, parent)  # a second sweep adds nothing
+    close_leftover_runs(study, experiment_id, parent, dataset="glaucoma", model="small_cnn")
+    close_leftover_runs(study, experiment_id, parent, dataset="glaucoma", model="small_cnn")  # adds nothing
 
     runs = mlflow.MlflowClient().search_runs([experiment_id], "tags.`medxp.study` = 's'")
     by_number = {run.data.tags["medxp.trial_number"]: run for run in runs}
@@ -60,5 +60,8 @@ def test_a_trial_whose_worker_never_opened_its_run_gets_a_failed_run(mlflow_stor
     assert made.data.tags[STATE_TAG] == "failed" and made.info.status == "FAILED"
     assert made.data.tags[MLFLOW_PARENT_RUN_ID] == parent
     assert "never trained" in made.data.tags["medxp.trial_reason"]
+    assert made.info.run_name == "glaucoma-small_cnn-trial-001"  # named like the trials that ran
+    assert "never trained" in made.data.tags["mlflow.note.content"] and "`lr` = 0.01" in made.data.tags[
+        "mlflow.note.content"]
     params = mlflow.artifacts.load_dict(f"{made.info.artifact_uri}/trial/sampled_params.json")
     assert params == {"trial_number": 1, "params": {"lr": 0.01}}

@@ -39,7 +39,7 @@ from medxp.data.synthetic import is_generated
 from medxp.errors import MedxpError
 from medxp.recording import record_run_config, redacted_url
 from medxp.search.progress import SearchProgress
-from medxp.search.report import log_search_report
+from medxp.search.report import NOTE_TAG, RUNNING, log_search_report, note, search_plan
 from medxp.search.space import SearchSpace, load_search_space
 from medxp.search.study import (
     DUPLICATE_OF,
@@ -51,7 +51,7 @@ from medxp.search.study import (
     open_study,
     search_home,
 )
-from medxp.search.trial import STATE_TAG, TrialContext, close_trial_run, run_trial
+from medxp.search.trial import STATE_TAG, TrialContext, close_trial_run, run_trial, trial_note, trial_run_name
 from medxp.tracking.mlflow_tracker import MlflowTracker
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,8 @@ class SearchResult:
     ranked_models: list[tuple[int, float, str]] = field(default_factory=list)
     # The best trial's weight provenance (`model.weights_source`, `model.weights_sha256` tags of its run).
     best_weights: dict[str, str] = field(default_factory=dict)
+    # The best trial's MLflow run name (`glaucoma-small_cnn-trial-003`).
+    best_run_name: str = ""
 
     @property
     def trials_trained(self) -> int:
@@ -133,15 +135,21 @@ def run_search(config: ExperimentConfig, *, search_name: str | None = None, pare
         study = open_study(name, storage, config.search)
         new_trials = max(config.search.n_trials - finished_count(study), 0)
         log.info("search %s: %d new trial(s) (study in %s)", name, new_trials, redacted_url(storage))
-        _log_search_setup(parent, config, space, name, storage, new_trials)
-        if new_trials:
-            context = TrialContext(tracking_uri, parent.run.info.experiment_id, parent.run_id, name, epoch_metric,
-                                   base.data.data_dir, fingerprint)
-            _run_tune(study, space, base, context, new_trials, search_home(tracking_uri), audit)
-        close_leftover_runs(study, parent.run.info.experiment_id, parent.run_id)
-        result = _result(study, space, config, base, storage, parent.run_id, new_trials,
-                         time.monotonic() - started)
-        log_search_report(parent, study, result)
+        plan = _log_search_setup(parent, config, space, name, storage, new_trials, root)
+        try:
+            if new_trials:
+                context = TrialContext(tracking_uri, parent.run.info.experiment_id, parent.run_id, name,
+                                       epoch_metric, base.data.data_dir, fingerprint, config.dataset.name,
+                                       config.model.name)
+                _run_tune(study, space, base, context, new_trials, search_home(tracking_uri), audit)
+            close_leftover_runs(study, parent.run.info.experiment_id, parent.run_id,
+                                dataset=config.dataset.name, model=config.model.name)
+            result = _result(study, space, config, base, storage, parent.run_id, new_trials,
+                             time.monotonic() - started)
+            log_search_report(parent, study, result, plan=plan, config=config)
+        except BaseException as error:
+            _note_stopped(parent, plan, error)
+            raise
     return result
 
 
@@ -187,8 +195,19 @@ def _default_name(config: ExperimentConfig, space: SearchSpace) -> str:
 def _parent_run(config: ExperimentConfig, name: str, parent_tracker: Any) -> Any:
     if parent_tracker is not None:
         return nullcontext(parent_tracker)
-    return MlflowTracker.start(config.dataset.name, run_name=f"search-{name}",
+    return MlflowTracker.start(config.dataset.name, run_name=f"search-{config.dataset.name}-{config.model.name}",
                                tags={"medxp.study": name, "medxp.kind": "search"})
+
+
+def _note_stopped(parent: MlflowTracker, plan: str, error: BaseException) -> None:
+    """The parent run's description when the search stops before its end: why, above what it searched."""
+    reason = f"{type(error).__name__}: {error}".strip().rstrip(":")
+    try:
+        parent.set_tags({NOTE_TAG: note(f"### Stopped before the end\n\n{reason[:1500]}\n\nThe trials that ran "
+                                        "are the nested runs below this one (tag `medxp.trial_state`); the same "
+                                        "search name resumes the study.", plan)})
+    except Exception as failure:  # noqa: BLE001 - the original error matters more
+        log.warning("could not update the search run's description: %s", failure)
 
 
 def _log_search_data(parent: MlflowTracker, config: ExperimentConfig, root: Path, audit: PriorAudit | None) -> None:
@@ -204,7 +223,8 @@ def _log_search_data(parent: MlflowTracker, config: ExperimentConfig, root: Path
 
 
 def _log_search_setup(parent: MlflowTracker, config: ExperimentConfig, space: SearchSpace, name: str,
-                      storage: str, new_trials: int) -> None:
+                      storage: str, new_trials: int, root: Path | None = None) -> str:
+    """Logs the search's settings as params and its plan as the run's description; returns the plan."""
     settings = config.search
     max_epochs = settings.max_epochs or config.train.epochs
     record_run_config(parent, config, {"medxp.study": name, "medxp.kind": "search"}, {
@@ -218,6 +238,12 @@ def _log_search_setup(parent: MlflowTracker, config: ExperimentConfig, space: Se
         "search.new_trials": new_trials,
     })
     parent.log_dict(space.to_dict(), "search/space.yaml")
+    searches_model = any(p.config_key == "model.name" for p in space.parameters)
+    prefix = f"{config.dataset.name}-{'<model>' if searches_model else config.model.name}"
+    plan = search_plan(config, space, name, redacted_url(storage), new_trials, prefix,
+                       root is not None and is_generated(root), str(root or ""))
+    parent.set_tags({NOTE_TAG: note(RUNNING, plan)})
+    return plan
 
 
 def _run_tune(study: optuna.Study, space: SearchSpace, base: ExperimentConfig, context: TrialContext,
@@ -307,12 +333,14 @@ class TrialRunCloser:
             log.warning("trial %d: could not close its MLflow run %s: %s", outcome.number, outcome.run_id, error)
 
 
-def close_leftover_runs(study: optuna.Study, experiment_id: str, parent_run_id: str = "") -> None:
+def close_leftover_runs(study: optuna.Study, experiment_id: str, parent_run_id: str = "", *, dataset: str = "",
+                        model: str = "") -> None:
     """Makes every child run of the study agree with the study: runs still RUNNING (a stopped or crashed
     trial) end with the study's state, and a run that ended after its driver was killed, before the
     driver recorded its result (the study holds it failed), is tagged failed too. A trial the study holds
     whose worker never opened its run (its driver was killed in between; the study holds it failed) gets
-    a failed run under `parent_run_id` saying so, so that the MLflow UI shows every trial that was started."""
+    a failed run under `parent_run_id` saying so, so that the MLflow UI shows every trial that was started
+    (named like a trial's run: `dataset`, `model`, number)."""
     client = MlflowClient()
     trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
     seen = set()
@@ -331,16 +359,19 @@ def close_leftover_runs(study: optuna.Study, experiment_id: str, parent_run_id: 
     if parent_run_id:  # a proposal that took a finished twin's outcome (DUPLICATE_OF) never has a run of its own
         for number, trial in sorted(trials.items()):
             if number not in seen and trial.state == TrialState.FAIL and DUPLICATE_OF not in trial.user_attrs:
-                _record_unopened_trial(client, experiment_id, parent_run_id, study.study_name, trial)
+                _record_unopened_trial(client, experiment_id, parent_run_id, study.study_name, trial,
+                                       dataset, model)
 
 
 def _record_unopened_trial(client: MlflowClient, experiment_id: str, parent_run_id: str, study_name: str,
-                           trial: optuna.trial.FrozenTrial) -> None:
+                           trial: optuna.trial.FrozenTrial, dataset: str = "", model: str = "") -> None:
     """A closed run for a trial the study started but whose worker never opened its MLflow run."""
     name = _STATE_NAMES[trial.state]
     tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, "medxp.study": study_name,
-            "medxp.trial_number": str(trial.number), STATE_TAG: "running"}
-    run = client.create_run(experiment_id, run_name=f"trial-{trial.number:03d}", tags=tags)
+            "medxp.trial_number": str(trial.number), STATE_TAG: "running",
+            NOTE_TAG: trial_note(study_name, trial.number, trial.params, trained=False)}
+    run = client.create_run(experiment_id, run_name=trial_run_name(dataset, model, trial.number, trial.params),
+                            tags=tags)
     client.log_dict(run.info.run_id, {"trial_number": trial.number, "params": trial.params},
                     "trial/sampled_params.json")
     close_trial_run(client, run.info.run_id, name,
@@ -374,8 +405,10 @@ def _result(study: optuna.Study, space: SearchSpace, config: ExperimentConfig, b
                                             origin=f"study {study.study_name} trial {best.number}")
         result.best_run_id = best.user_attrs.get("mlflow_run_id")
         if result.best_run_id:
-            tags = MlflowClient().get_run(result.best_run_id).data.tags
+            best_run = MlflowClient().get_run(result.best_run_id)
+            tags = best_run.data.tags
             result.best_weights = {key: value for key, value in tags.items() if key.startswith("model.weights_")}
+            result.best_run_name = best_run.info.run_name or ""
         result.best_model_uri = best.user_attrs.get("model_uri") or None
         trained_complete = [t for t in complete if DUPLICATE_OF not in t.user_attrs and t.user_attrs.get("model_uri")]
         result.ranked_models = [(t.number, float(t.value), t.user_attrs["model_uri"])

@@ -32,6 +32,7 @@ from medxp.config import ExperimentConfig
 from medxp.data.datamodule import DataModule, PriorAudit, create_datamodule
 from medxp.errors import MedxpError
 from medxp.models.backbones import pretrained_input
+from medxp.search.report import NOTE_TAG, shown
 from medxp.search.study import EPOCH, EPOCH_OBJECTIVE, FINISHED, MODEL_URI, OBJECTIVE, PARAMS, RUN_ID, TRIAL_NUMBER
 from medxp.tracking.mlflow_tracker import MlflowTracker
 
@@ -52,6 +53,8 @@ class TrialContext:
     epoch_metric: str
     data_dir: str = ""
     data_fingerprint: str = ""
+    dataset: str = ""
+    model: str = ""
 
 
 class TuneReporter:
@@ -139,8 +142,10 @@ def _node_id() -> str:
 def trial_run(context: TrialContext, number: int, params: dict[str, Any]) -> Iterator[MlflowTracker]:
     """A child run of the search's parent run; ends FINISHED or FAILED, or is left to the driver when stopped."""
     tags = {MLFLOW_PARENT_RUN_ID: context.parent_run_id, "medxp.study": context.study_name,
-            "medxp.trial_number": str(number), STATE_TAG: "running"}
-    run = mlflow.start_run(experiment_id=context.experiment_id, run_name=f"trial-{number:03d}", tags=tags)
+            "medxp.trial_number": str(number), STATE_TAG: "running",
+            NOTE_TAG: trial_note(context.study_name, number, params)}
+    run = mlflow.start_run(experiment_id=context.experiment_id,
+                           run_name=trial_run_name(context.dataset, context.model, number, params), tags=tags)
     tracker = MlflowTracker(run)
     tracker.log_dict({"trial_number": number, "params": params}, "trial/sampled_params.json")
     started = time.monotonic()
@@ -154,6 +159,27 @@ def trial_run(context: TrialContext, number: int, params: dict[str, Any]) -> Ite
         raise
     else:
         _end_active_run("finished", time.monotonic() - started)
+
+
+def trial_run_name(dataset: str, model: str, number: int, params: dict[str, Any]) -> str:
+    """`glaucoma-small_cnn-trial-003`: the trial's dataset, its model (the sampled one when the space
+    searches `model`) and number; `trial-003` without a dataset."""
+    sampled = next((value for key, value in params.items() if key in ("model", "model.name")), None)
+    parts = [part for part in (dataset, str(sampled) if sampled is not None else model) if part]
+    return "-".join([*parts, f"trial-{number:03d}"])
+
+
+def trial_note(study_name: str, number: int, params: dict[str, Any], trained: bool = True) -> str:
+    """The trial run's description (Markdown): its search, the values it was given, the split it is scored on;
+    with `trained` False, that the trial never trained (its search stopped before the trial opened its run)."""
+    sampled = "\n".join(f"- `{key}` = {shown(value)}" for key, value in params.items()) or "- (none)"
+    if not trained:
+        return (f"Trial {number} of search `{study_name}` (the parent run): the study started it, but its search "
+                f"stopped before the trial opened its MLflow run, so it never trained. Sampled values:\n\n{sampled}")
+    return (f"Trial {number} of search `{study_name}` (the parent run). Sampled values, also this run's MLflow "
+            f"params under their config keys:\n\n{sampled}\n\nScored on the validation split only "
+            f"(`valid_*` metrics; `val_*` per epoch); its state is tag `{STATE_TAG}` "
+            "(finished, pruned by ASHA, or failed).")
 
 
 def _end_active_run(state: str, duration: float) -> None:
