@@ -425,11 +425,11 @@ def _read_project(path: Path, recipe: Any = None, recipe_origin: str = "") -> di
     name, origin = (own, str(path)) if recipe is None else (recipe, recipe_origin)
     if name is None or name == NO_RECIPE:
         return sections
-    valid = ", ".join(recipe_names()) or f"(none found under {recipes_dir()})"
-    if not isinstance(name, str) or not (recipes_dir() / f"{name}.yaml").is_file():
+    recipe_path = recipes_dir() / f"{name}.yaml"
+    if not isinstance(name, str) or not recipe_path.is_file():
+        valid = ", ".join(recipe_names()) or f"(none found under {recipes_dir()})"
         raise MedxpError(f"{origin}: '{RECIPE_KEY}' = {name!r}: expected '{NO_RECIPE}' or the name of a file "
                          f"under {recipes_dir()}; valid: {valid}")
-    recipe_path = recipes_dir() / f"{name}.yaml"
     recipe = _read_sections(recipe_path)
     if RECIPE_KEY in recipe or "dataset" in recipe:
         raise MedxpError(f"{recipe_path}: a recipe holds model, train, data, search and eval sections; "

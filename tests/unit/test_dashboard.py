@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,12 +12,7 @@ import urllib.request
 import optuna
 
 from medxp.cli import main
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.model_server import free_port
 
 
 def test_the_dashboard_serves_the_studies_beside_the_mlflow_store(tmp_path):

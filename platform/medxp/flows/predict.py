@@ -137,15 +137,14 @@ def _score(model: Any, files: list[Path]) -> list[dict[str, Any]]:
         except OSError as error:
             unreadable[index] = f"cannot read the file ({error.strerror or error})"
             encoded.append("")
-    readable = [i for i in range(len(files)) if i not in unreadable]
-    answers = model.predict(pd.DataFrame({"image": [encoded[i] for i in readable]})) if readable else None
+    readable = [encoded[i] for i in range(len(files)) if i not in unreadable]
+    answers = iter(model.predict(pd.DataFrame({"image": readable})).to_dict("records") if readable else [])
     rows = []
-    for index, path in enumerate(files):
+    for index, path in enumerate(files):  # the model answers the readable files in order
         if index in unreadable:
             rows.append({"path": str(path), "error": unreadable[index]})
-            continue
-        answer = answers.iloc[readable.index(index)].to_dict()
-        rows.append({"path": str(path), **{key: _cell(value) for key, value in answer.items()}})
+        else:
+            rows.append({"path": str(path), **{key: _cell(value) for key, value in next(answers).items()}})
     return rows
 
 
