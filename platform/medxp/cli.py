@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     dashboard.add_argument("--port", type=int, default=8080)
     dashboard.set_defaults(handler=_dashboard)
+    series = verbs.add_parser("series", help="a ladder of variants (projects/<dataset>/series/<name>.yaml), nested "
+                              "runs under one parent and one comparison table")
+    _add_config_arguments(series, experiment=False)
+    series.add_argument("--series", required=True, help="the series file's name, e.g. ablation")
+    series.set_defaults(handler=_series)
     cv = verbs.add_parser("cv", help="k-fold cross-validation: one nested run per fold and a summary table")
     _add_config_arguments(cv)
     cv.set_defaults(handler=_cv)
@@ -113,11 +118,12 @@ def _add_model_uri_argument(parser: argparse.ArgumentParser) -> None:
                         help="models:/m-..., models:/<name>@champion (default: the dataset's champion)")
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_config_arguments(parser: argparse.ArgumentParser, experiment: bool = True) -> None:
     parser.add_argument("--dataset", required=True,
                         help="a folder under projects/ (e.g. glaucoma) or any MedMNIST 2D flag (e.g. bloodmnist)")
-    parser.add_argument("--experiment", default="",
-                        help="a variant under projects/<dataset>/experiments/ (e.g. an ablation step)")
+    if experiment:
+        parser.add_argument("--experiment", default="",
+                            help="a variant under projects/<dataset>/experiments/ (e.g. an ablation step)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (train.lr=0.01, or a short name: lr=0.01); empty values are ignored")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -218,6 +224,19 @@ def _cv(args: argparse.Namespace) -> None:
     print(f"{len(result.folds)} folds ({result.source}), {result.finished} finished:\n{result.summary.to_string()}")
 
 
+def _series(args: argparse.Namespace) -> None:
+    from medxp.flows.series import SUMMARY_COLUMNS, markdown_table, run_series
+    from medxp.tracking.mlflow_tracker import MlflowTracker
+
+    with MlflowTracker.start(args.dataset, run_name=f"series-{args.series}",
+                             tags={"medxp.kind": "series"}) as tracker:
+        result = run_series(args.dataset, args.series, tracker, parse_overrides(args.overrides),
+                            progress=not args.no_progress)
+    print(f"series {args.series} of {args.dataset} (run {result.run_id}): "
+          f"{result.count('FINISHED')} trained, {result.count('REUSED')} reused, {result.count('FAILED')} failed\n"
+          f"{markdown_table(result.table, SUMMARY_COLUMNS)}")
+
+
 def _ensemble(args: argparse.Namespace) -> None:
     from medxp.flows.ensemble import run_ensemble
     from medxp.tracking.mlflow_tracker import MlflowTracker
@@ -316,9 +335,12 @@ def _list(args: argparse.Namespace) -> None:
     from medxp.config import experiment_names, generic_project_names, is_generic_project, project_names
     from medxp.models import model_names
 
+    from medxp.series_files import series_names
+
     for name in project_names():
-        experiments = experiment_names(name)
-        print(f"dataset {name}" + (f" (experiments: {', '.join(experiments)})" if experiments else ""))
+        experiments, series = experiment_names(name), series_names(name)
+        print(f"dataset {name}" + (f" (experiments: {', '.join(experiments)})" if experiments else "")
+              + (f" (series: {', '.join(series)})" if series else ""))
     generic = [name for name in generic_project_names() if is_generic_project(name)]
     if generic:
         print("MedMNIST 2D flags without a project folder (generic project from MedMNIST's metadata):",

@@ -9,8 +9,9 @@ model loaded) and `evaluate_and_record`. This module imports no flow.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any, Sequence
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -18,7 +19,9 @@ from torch import nn
 from medxp.config import ExperimentConfig
 from medxp.data import DataModule, create_datamodule
 from medxp.data.datamodule import PriorAudit
+from medxp.hashing import state_dict_sha256
 from medxp.models import InferenceModel, create_model
+from medxp.models.cost import INFER_BATCH, inference_ms, parameter_count
 from medxp.models.backbones import pretrained_input
 from medxp.recording import EpochLogger, record_context, record_evaluation, record_fit
 from medxp.tracking.base import Tracker
@@ -40,12 +43,22 @@ class ExperimentResult:
     model: nn.Module
     data: DataModule
     model_uri: str | None
+    # What the model costs and took (`model_params`, `infer_ms`, `train_seconds`, also logged as metrics).
+    cost: dict[str, float] = field(default_factory=dict)
+    # The SHA-256 of the state dict training started from (tag `model.init_sha256`).
+    initial_weights_sha256: str = ""
+
+
+# Called with the freshly created network before training (a series gives variants that share an
+# architecture the same initial weights through it).
+Initialiser = Callable[[nn.Module], None]
 
 
 def run_experiment(config: ExperimentConfig, tracker: Tracker, callbacks: Sequence[Any] = (),
                    log_model: bool = True, progress: bool = True,
                    data: DataModule | None = None, prior_audit: PriorAudit | None = None,
-                   splits: Sequence[str] = ("valid", "test")) -> ExperimentResult:
+                   splits: Sequence[str] = ("valid", "test"),
+                   initialise: Initialiser | None = None) -> ExperimentResult:
     """Trains and evaluates one configuration, logging everything through `tracker`.
 
     Args:
@@ -58,6 +71,8 @@ def run_experiment(config: ExperimentConfig, tracker: Tracker, callbacks: Sequen
         prior_audit: The data's audit made once before (a search's driver), used instead of auditing again.
         splits: The splits scored after training; `valid` always (it fits the decision rule). A search
             trial scores `valid` alone: the test split is scored once, on the model the search chooses.
+            `train` is scored without augmentation (`DataModule.evaluation_loader`).
+        initialise: Called with the new network before training (e.g. to load shared initial weights).
 
     Returns:
         The result, whose `objective` is `val_<eval.primary_metric>` of the weights training handed back
@@ -69,23 +84,42 @@ def run_experiment(config: ExperimentConfig, tracker: Tracker, callbacks: Sequen
         torch.set_num_threads(config.train.threads)
     data = prepare(config, tracker, data, prior_audit)
     model = create_model(config.model, config.dataset)
+    if initialise is not None:
+        initialise(model)
+    initial_sha256 = state_dict_sha256(model)
     tracker.set_tags({"model.weights_source": getattr(model, "weights_source", "random-init"),
-                      "model.weights_sha256": getattr(model, "weights_sha256", "")})
+                      "model.weights_sha256": getattr(model, "weights_sha256", ""),
+                      "model.init_sha256": initial_sha256})
+    started = time.perf_counter()
     fit, trainer = fit_in_stages(model, data, config, [EpochLogger(tracker), *callbacks], progress)
+    train_seconds = time.perf_counter() - started
     record_fit(tracker, fit)
     # The threshold and temperature are fitted on valid and applied unchanged to test.
     scored = ("valid", *(split for split in splits if split != "valid"))
-    evaluations = evaluate_splits(model, {split: data.loader(split, 128) for split in scored},
+    evaluations = evaluate_splits(model, {split: data.evaluation_loader(split, 128) for split in scored},
                                   data.class_names, config.dataset.positive_class, config.eval, trainer.device,
                                   config.model.channels_last)
     for evaluation in evaluations.values():
         record_evaluation(tracker, evaluation)
     logged = inference_model(model, config, data, evaluations["valid"].rule)
+    cost = record_cost(tracker, logged, data, train_seconds)
     model_uri = tracker.log_model(logged, example_batch(data)) if log_model else None
     objective = evaluations["valid"].metrics[config.eval.primary_metric]
     for split in scored[1:]:
         log.info("%s %s = %.4f", split, config.eval.primary_metric, evaluations[split].metrics[config.eval.primary_metric])
-    return ExperimentResult(objective, evaluations, fit, model, data, model_uri)
+    return ExperimentResult(objective, evaluations, fit, model, data, model_uri, cost, initial_sha256)
+
+
+def record_cost(tracker: Tracker, model: InferenceModel, data: DataModule, train_seconds: float) -> dict[str, float]:
+    """Logs and returns what the model costs: `model_params`, `infer_ms` (median CPU milliseconds of one
+    batch of 16 through the model as logged, `medxp.models.cost`) and `train_seconds` (wall time of the fit)."""
+    cost = {"model_params": float(parameter_count(model)),
+            "infer_ms": inference_ms(model, model_inputs(data, "valid")),
+            "train_seconds": float(train_seconds)}
+    tracker.log_metrics(cost)
+    tracker.set_tags({"cost.infer": f"CPU, batch of {INFER_BATCH}, {torch.get_num_threads()} thread(s), median "
+                                    "of 7 passes after a warm-up"})
+    return cost
 
 
 def inference_model(model: nn.Module, config: ExperimentConfig, data: DataModule,

@@ -107,3 +107,18 @@ def test_optuna_search_asks_from_ot_study_and_keeps_the_trial_in_ot_trials_by_tu
     searcher._ot_trials.pop("tune-1")  # what `StudySearcher` does with a twin: the next suggest asks anew
     searcher.suggest("tune-1")
     assert len(study.trials) == 2 and searcher._ot_trials["tune-1"].number == 1
+
+
+# ---------------------------------------------------------------- scikit-learn (medxp.models.gradient_boosting)
+
+
+def test_hist_gradient_boosting_keeps_its_fitted_trees_in_predictors_one_list_per_iteration_with_nodes():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    rows = rng.normal(size=(60, 2)) + labels[:, None]
+    estimator = HistGradientBoostingClassifier(max_iter=4, early_stopping=False).fit(rows, labels)
+    assert len(estimator._predictors) == estimator.n_iter_ == 4
+    assert all(len(per_iteration) == 3 for per_iteration in estimator._predictors)  # one tree per class
+    assert all(len(tree.nodes) >= 1 for per_iteration in estimator._predictors for tree in per_iteration)

@@ -75,6 +75,12 @@ class ArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def with_transform(self, transform: Callable | None) -> "ArrayDataset":
+        """The same images and labels (shared, not copied) under another transform."""
+        view = ArrayDataset.__new__(ArrayDataset)
+        view.images, view.labels, view.transform = self.images, self.labels, transform
+        return view
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.images[index]
         return (self.transform(image) if self.transform else image), self.labels[index]
@@ -127,6 +133,15 @@ class DataModule:
         generator = torch.Generator().manual_seed(seed)
         return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle, generator=generator,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def evaluation_loader(self, split: str, batch_size: int) -> DataLoader:
+        """A loader for scoring one split in order; the train split without its augmentation (the
+        validation split's transform), so that train metrics measure the model, not the augmentation."""
+        if split != "train":
+            return self.loader(split, batch_size)
+        train, valid = self.datasets["train"], self.datasets["valid"]
+        return DataLoader(train.with_transform(valid.transform), batch_size=batch_size, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
 
     def class_counts(self, split: str) -> dict[str, int]:
         """Images per class in one split."""

@@ -88,6 +88,13 @@ class HistGradientBoosting(EstimatorModel):
                           sample_weight_val=valid_weights)
         self.estimator = estimator
 
+    def learned_values(self) -> int:
+        """Tree nodes of the fitted estimator (each holds a learned split or leaf value): its parameter count."""
+        if self.estimator is None:
+            return 0
+        return int(sum(len(predictor.nodes) for per_iteration in self.estimator._predictors
+                       for predictor in per_iteration))
+
     def raw_logits(self, features: np.ndarray) -> np.ndarray:
         return self._logits(self.estimator.decision_function(features))
 
