@@ -44,6 +44,9 @@ def test_ensemble_averages_members_logs_as_one_pyfunc_and_registers(tiny_config,
         result = run_ensemble(tiny_config, ["models:/member-demo@champion", uris[1]], tracker, register=True)
     run = mlflow.get_run(tracker.run_id)
     assert run.data.tags["ensemble.size"] == "2" and 0 <= run.data.metrics["test_accuracy"] <= 1
+    member_params = [mlflow.get_run(mlflow.get_logged_model(uri.removeprefix("models:/")).source_run_id)
+                     .data.metrics["model_params"] for uri in uris]
+    assert run.data.metrics["model_params"] == sum(member_params) and run.data.metrics["infer_ms"] > 0
     assert result.registered_name == "glaucoma-classifier-demo" and result.registered_version == "1"
 
     version = mlflow.register_model(result.model_uri, "ensemble-demo").version

@@ -31,7 +31,14 @@ from medxp.data import DataModule
 from medxp.errors import MedxpError
 from medxp.models.ensemble import EnsembleModel, MemberInfo
 from medxp.models.loading import EnsemblePyfunc, load_inference_model, member_info
-from medxp.pipeline import evaluate_and_record, evaluate_inference_model, example_batch, model_inputs, prepare
+from medxp.pipeline import (
+    evaluate_and_record,
+    evaluate_inference_model,
+    example_batch,
+    model_inputs,
+    prepare,
+    record_cost,
+)
 from medxp.promotion import register_model
 from medxp.tracking.base import Tracker
 from medxp.tracking.mlflow_flavor import serving_example
@@ -194,6 +201,7 @@ def run_ensemble(config: ExperimentConfig, model_uris: Sequence[str], tracker: M
     ensemble = fit_ensemble_rule(build_ensemble(model_uris), data, config)
     tracker.set_tags({"medxp.kind": "ensemble", "model": "ensemble"})
     evaluations = {split: evaluate_ensemble(ensemble, data, split, config, tracker) for split in ("valid", "test")}
+    record_cost(tracker, ensemble, data, 0.0)  # the members' parameters summed, the mean's inference time
     model_uri = log_ensemble(ensemble, tracker, example_batch(data))
     result = EnsembleResult(ensemble, evaluations, model_uri)
     if register:
