@@ -36,7 +36,7 @@ from torch import nn
 
 from medxp.config import ExperimentConfig, load_project
 from medxp.errors import MedxpError
-from medxp.search.report import NOTE_TAG
+from medxp.search.report import NOTE_TAG, note
 from medxp.series_files import SeriesSpec, Variant, load_series
 from medxp.tracking.mlflow_tracker import MlflowTracker
 
@@ -173,7 +173,7 @@ def run_series(dataset: str, name: str, tracker: MlflowTracker, overrides: Mappi
     tracker.set_tags({"medxp.kind": "series", "series.name": spec.name, "series.file": str(spec.path),
                       "dataset": first.dataset.name, "data.synthetic": str(synthetic).lower(),
                       "series.variants": ", ".join(v.label for v in spec.variants)[:4900],
-                      NOTE_TAG: _plan_note(spec, synthetic)})
+                      NOTE_TAG: note("", _plan_note(spec, synthetic))})
     tracker.log_text(spec.path.read_text(), f"series/{spec.path.name}")
     client, weights, rows = MlflowClient(), InitialWeights(), []
     for position, variant in enumerate(spec.variants, start=1):
@@ -406,9 +406,11 @@ def record_series(tracker: MlflowTracker, result: SeriesResult, config: Experime
     failed = "".join(f"\n- `{row.label}` failed: {row.error}" for row in table.itertuples() if row.status == FAILED)
     reused = ("\n\nREUSED: finished before with the same resolved config; the row is that earlier run's."
               if result.count(REUSED) else "")
-    tracker.set_tags({NOTE_TAG: f"## Series `{spec.name}`\n\n{spec.description}\n\n{summary}\n\n{notes}{reused}"
-                                f"{failed}\n\nAll columns: artifact `series/comparison.csv` (and `.md`); plots "
-                                "`series/evolution.png`, `series/loss_curves.png`."})
+    where = ("All columns: artifact `series/comparison.csv` (and `.md`); plots `series/evolution.png`, "
+             "`series/loss_curves.png`.")
+    # Within MLflow's tag length (a long ladder's table is cut; the artifacts hold it whole).
+    tracker.set_tags({NOTE_TAG: note("", f"## Series `{spec.name}`\n\n{where}\n\n{spec.description}\n\n{notes}"
+                                         f"{reused}{failed}\n\n{summary}")})
 
 
 def loss_histories(client: MlflowClient, table: pd.DataFrame) -> dict[str, dict[str, list[tuple[int, float]]]]:
