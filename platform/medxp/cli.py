@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from typing import Sequence
 
@@ -137,15 +138,24 @@ def load_config(args: argparse.Namespace):
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, str]:
-    """`["lr=0.01", "model=", "a=1 b=2"]` -> `{"lr": "0.01", "a": "1", "b": "2"}` (empty values dropped)."""
-    overrides: dict[str, str] = {}
-    for item in (part for chunk in items for part in chunk.split()):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise MedxpError(f"override '{item}': expected KEY=VALUE, e.g. train.lr=0.01")
-        if value != "":
-            overrides[key] = value
-    return overrides
+    """`["lr=0.01", "model=", "a=1 b=2"]` -> `{"lr": "0.01", "a": "1", "b": "2"}` (empty values dropped).
+
+    Items split on spaces (the MLproject's `overrides` is one string); a word that does not start
+    with `KEY=` continues the value before it, so a value may hold spaces:
+    `search.select=max val_f1_macro where infer_ms <= 20` is one override.
+    """
+    pairs: list[list[str]] = []
+    for word in (part for chunk in items for part in chunk.split()):
+        if _KEY_VALUE.match(word):
+            pairs.append(word.split("=", 1))
+        elif pairs:
+            pairs[-1][1] = f"{pairs[-1][1]} {word}".strip()
+        else:
+            raise MedxpError(f"override '{word}': expected KEY=VALUE, e.g. train.lr=0.01")
+    return {key: value for key, value in pairs if value != ""}
+
+
+_KEY_VALUE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 
 def _train(args: argparse.Namespace) -> None:

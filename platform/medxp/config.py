@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from medxp import medmnist_flags
+from medxp import medmnist_flags, objectives
 from medxp.choices import modality_spec_checks, registered_choices
 from medxp.errors import MedxpError
 
@@ -181,6 +181,12 @@ class SearchConfig:
     of training the same model again, unless `rerun_duplicates` is true.
     `ensemble_top` (the main flow): with K >= 2, the mean of the K best finished trials' models
     is scored on validation and registered instead of the best trial's when it scores higher there.
+    `objectives` (`"<metric>:<max|min>"`, e.g. `[val_f1_macro:max, infer_ms:min]`; empty: the single
+    `val_<eval.primary_metric>`): with two or more the study is multi-objective, ASHA prunes on the
+    first (a per-epoch validation metric, maximised), and `select` (`max val_f1_macro where
+    infer_ms <= 20`; empty: max of the first objective) picks the trial of the Pareto front that is
+    handed on (`medxp.objectives`). `sampler`: tpe, random, or nsga2 (NSGA-II, generations of
+    `startup_trials` trials, at least 4).
     """
 
     name: str = ""
@@ -201,6 +207,8 @@ class SearchConfig:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     ray_cpus: int = 0
+    objectives: tuple[str, ...] = ()
+    select: str = ""
 
 
 @dataclass(frozen=True)
@@ -311,7 +319,7 @@ _CHOICES = {
     "data.valid_sampler": ("none", "test_ratio"),
     "eval.primary_metric": ("accuracy", "f1_macro", "f1_weighted", "roc_auc"),
     "eval.calibration": ("none", "temperature"),
-    "search.sampler": ("tpe", "random"),
+    "search.sampler": ("tpe", "random", "nsga2"),
     "cv.source": ("auto", "dataset", "stratified"),
 }
 
@@ -643,6 +651,25 @@ def _validate(config: ExperimentConfig, origin: str) -> None:
     for key, ok, expected in checks:
         if not ok:
             raise MedxpError(f"{origin}: '{key}' = {flat[key]!r}: expected {expected}")
+    _check_objectives(config, origin)
+
+
+def _check_objectives(config: ExperimentConfig, origin: str) -> None:
+    """`search.objectives` and `search.select`: metrics this task's trials record, a first objective ASHA
+    can prune on, a rule in the grammar on the objectives only (`medxp.objectives`)."""
+    search = config.search
+    if not search.objectives and not search.select:
+        return
+    try:
+        if search.select and len(search.objectives) < 2:
+            raise MedxpError(f"'{objectives.SELECT_KEY}' = {search.select!r}: expected it empty with fewer than two "
+                             f"{objectives.OBJECTIVES_KEY} (a single-objective search takes its best trial)")
+        available = objectives.available_metrics(len(config.dataset.class_names) == 2,
+                                                 config.eval.calibration == "temperature")
+        parsed = objectives.parse_objectives(search.objectives, available)
+        objectives.parse_select(search.select, parsed)
+    except MedxpError as error:
+        raise MedxpError(f"{origin}: {error}") from None
 
 
 def parse_operating_point(rule: str) -> tuple[str, float | None]:

@@ -45,6 +45,8 @@ from medxp.errors import MedxpError
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
+# Version tag: how a multi-objective search's `search.select` chose the registered model.
+SELECT_TAG = "medxp.select"
 
 # Run artifact folders copied next to the model, in the order the model card lists them.
 ATTACHED_FOLDERS = ("evaluation", "explanations", "config")
@@ -141,7 +143,8 @@ def champion_uri(dataset: str, synthetic: bool) -> str:
 # ---------------------------------------------------------------- registration
 
 
-def register_model(run_id: str, model_uri: str, config: ExperimentConfig, *, synthetic: bool) -> ModelVersion:
+def register_model(run_id: str, model_uri: str, config: ExperimentConfig, *, synthetic: bool,
+                   selection: str = "") -> ModelVersion:
     """Registers a run's logged model as a new version, with its evaluation attached and a model card.
 
     Args:
@@ -149,6 +152,8 @@ def register_model(run_id: str, model_uri: str, config: ExperimentConfig, *, syn
         model_uri: The LoggedModel URI the run returned (`models:/m-...`).
         config: The run's resolved config (dataset name, primary metric, training settings).
         synthetic: Whether the run used generated data; must agree with the run's `data.synthetic` tag.
+        selection: How a multi-objective search chose the model (its `search.select` rule and outcome):
+            the version's tag `medxp.select` and a line of its model card; empty: neither.
 
     Returns:
         The new version, with its tags and description set.
@@ -164,13 +169,16 @@ def register_model(run_id: str, model_uri: str, config: ExperimentConfig, *, syn
     name = registered_model_name(config.dataset.name, synthetic)
     attached = _attach_run_artifacts(client, run_id, model_id)
     _ensure_registered_model(client, name, config, synthetic)
-    version = client.create_model_version(name, source=model_uri, run_id=run_id, model_id=model_id,
-                                          tags=_version_tags(run, config, synthetic, model_id))
+    tags = _version_tags(run, config, synthetic, model_id)
+    if selection:
+        tags[SELECT_TAG] = selection[:5000]  # MLflow keeps a version tag value up to 5000 characters
+    version = client.create_model_version(name, source=model_uri, run_id=run_id, model_id=model_id, tags=tags)
     for label, path in ARTIFACT_TAGS.items():
         if any(item == path or item.startswith(path + "/") for item in attached):
             client.set_model_version_tag(name, version.version, f"artifact.{label}",
                                          f"models:/{name}/{version.version}/{path}")
-    card = model_card(run, config, synthetic, name=name, version=str(version.version), attached=attached)
+    card = model_card(run, config, synthetic, name=name, version=str(version.version), attached=attached,
+                      selection=selection)
     client.update_model_version(name, version.version, description=card)
     return client.get_model_version(name, version.version)
 
@@ -275,16 +283,25 @@ def _version_tags(run: Run, config: ExperimentConfig, synthetic: bool, model_id:
 
 
 def model_card(run: Run, config: ExperimentConfig, synthetic: bool, *, name: str, version: str,
-               attached: list[str]) -> str:
-    """The version description: a short Markdown model card built from the run and its config."""
+               attached: list[str], selection: str = "") -> str:
+    """The version description: a short Markdown model card built from the run and its config (and, for a
+    multi-objective search's model, how `search.select` chose it)."""
     sections = [
         f"### {name} v{version}: {run.data.tags.get('model', config.model.name)}",
         _data_section(run, config, synthetic),
         _metrics_section(run, config),
+        *([_selection_section(config, selection)] if selection else []),
         _training_section(run, config),
         _provenance_section(run, attached),
     ]
     return _clip("\n\n".join(sections))
+
+
+def _selection_section(config: ExperimentConfig, selection: str) -> str:
+    """`**Selection**`: the objectives a multi-objective search weighed on validation, and how its rule chose."""
+    objectives = ", ".join(f"`{entry}`" for entry in config.search.objectives)
+    return (f"**Selection**: chosen on the Pareto front of a multi-objective search ({objectives}, on the "
+            f"validation split) by `search.select`: {selection}.")
 
 
 def _data_section(run: Run, config: ExperimentConfig, synthetic: bool) -> str:

@@ -49,3 +49,12 @@ def test_overrides_split_on_spaces_and_drop_empty_values():
     assert parse_overrides(["lr=0.1", "model=", "a.b=1 c.d=2", ""]) == {"lr": "0.1", "a.b": "1", "c.d": "2"}
     with pytest.raises(MedxpError):
         parse_overrides(["=3"])
+    with pytest.raises(MedxpError, match="'lr': expected KEY=VALUE"):
+        parse_overrides(["lr", "0.1"])
+
+
+def test_a_value_may_hold_spaces_up_to_the_next_key():
+    rule = "max val_f1_macro where infer_ms <= 20"
+    assert parse_overrides([f"search.select={rule}", "lr=0.1"]) == {"search.select": rule, "lr": "0.1"}
+    assert parse_overrides([f"train.epochs=2 search.select={rule} dataset.class_names=[covid,normal]"]) == {
+        "train.epochs": "2", "search.select": rule, "dataset.class_names": "[covid,normal]"}

@@ -2,6 +2,11 @@
 
 Above `pipeline` (one run) and `search` (many runs): this module only sequences them.
 Promotion is a separate, deliberate step (`medxp promote`).
+
+A multi-objective search (`search.objectives`) hands on the trial `search.select` chose on the
+Pareto front: it is registered alone (no top-K ensemble, which would multiply the inference cost
+the search weighed), and its version records the rule and its outcome (tag `medxp.select`, a
+line of the model card).
 """
 
 from __future__ import annotations
@@ -61,7 +66,8 @@ def search_explain_register(config: ExperimentConfig, tracker: MlflowTracker, *,
     evaluation = evaluate_and_record(model, data, "test", best, tracker)
     explained = explain_model(model, data, best, tracker, num_samples=explain_samples) \
         if data.explainable else None
-    version = register_model(tracker.run_id, model_uri, best, synthetic=data.synthetic)
+    selection = search.selection if getattr(search, "multi_objective", False) else ""
+    version = register_model(tracker.run_id, model_uri, best, synthetic=data.synthetic, selection=selection)
     log.info("registered %s version %s (test accuracy %.4f)", version.name, version.version,
              evaluation.metrics["accuracy"])
     return MainResult(search, evaluation.metrics, version.name, str(version.version),
@@ -74,10 +80,19 @@ def select_model(search: Any, model: nn.Module, data: DataModule, best: Experime
 
     Selection uses the validation split only; the test split is scored once, afterwards, on the
     model chosen here. The run records both validation values and the tag `medxp.selected`.
+    A multi-objective search's chosen trial is kept as it is: tag `medxp.selected` says why.
     """
-    top, metric = best.search.ensemble_top, best.eval.primary_metric
+    from medxp.search.report import single_metric
+
+    top, metric = best.search.ensemble_top, single_metric(best)
     members = search.ranked_models[:top]
     single = f"trial {search.best_trial_number}"
+    if getattr(search, "multi_objective", False):
+        ensemble = (f"; no top-{top} ensemble: the search weighed {', '.join(search.objectives)}, and an ensemble "
+                    "multiplies the inference cost") if top >= 2 else ""
+        tracker.set_tags({"medxp.selected": f"{single}, chosen on the Pareto front by search.select "
+                                            f"({search.selection[:3000]}){ensemble}"})
+        return model, search.best_model_uri
     if top < 2 or len(members) < 2:
         if top >= 2:
             tracker.set_tags({"medxp.selected": f"{single} (fewer than 2 finished trials to average)"})

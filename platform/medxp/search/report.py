@@ -5,6 +5,12 @@ set twice: when the search starts, with what it searches (`search_plan`: the spa
 and ranges, the sampler, ASHA's rungs, the number of trials, the objective and its split), and
 when it ends, with the outcome on top (`search_outcome`: the best trial, its validation value,
 the trials per state, where the trials table and the plots are).
+
+A multi-objective search (two or more `search.objectives`) names its objectives and its select
+rule in the plan, says that ASHA prunes on the first objective, and at the end shows the
+selection and the Pareto front: `search/pareto_front.csv`, `search/pareto_front.md` (also in the
+description) and `search/pareto_front.png` (every trained trial grey, the front highlighted, the
+chosen trial marked; the first two objectives when there are more).
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ _NOTE_LENGTH = 7900
 RUNNING = "_Running: the outcome appears here when the search ends._"
 TRIALS_TABLE = "search/trials.csv"
 BEST_PARAMS = "search/best_params.yaml"
+PARETO_TABLE = "search/pareto_front.csv"
+PARETO_MARKDOWN = "search/pareto_front.md"
+PARETO_PLOT = "search/pareto_front.png"
 _METRIC_NAMES = {"accuracy": "accuracy", "f1_macro": "F1 (macro average)", "f1_weighted": "F1 (weighted average)",
                  "roc_auc": "ROC AUC"}
 
@@ -51,10 +60,87 @@ def log_search_report(tracker: Any, study: optuna.Study, result: Any, plan: str 
                       "best_model_uri": str(result.best_model_uri)})
     if result.best_params:
         tracker.log_dict(result.best_params, BEST_PARAMS)
-    tracker.log_text(trials_table(study.get_trials(deepcopy=False)), TRIALS_TABLE)
-    plots = log_plots(tracker, study)
+    objectives = _objective_names(result)
+    tracker.log_text(trials_table(study.get_trials(deepcopy=False), objectives), TRIALS_TABLE)
+    plots = log_plots(tracker, study, objectives)
+    if objectives:
+        tracker.log_metrics({f"best_{name}": value for name, value in result.best_values.items()})
+        plots = log_pareto_front(tracker, study, result) + plots
     if plan:
         tracker.set_tags({NOTE_TAG: note(search_outcome(result, config, plots), plan)})
+
+
+def _objective_names(result: Any) -> list[str]:
+    """The metrics of a multi-objective search's objectives, in order; [] for a single objective."""
+    from medxp.objectives import parse_objectives
+
+    entries = getattr(result, "objectives", ())
+    return [objective.metric for objective in parse_objectives(entries)] if len(entries) > 1 else []
+
+
+def log_pareto_front(tracker: Any, study: optuna.Study, result: Any) -> list[str]:
+    """Logs the front as CSV and Markdown, the selection as tag `medxp.select`, and the front's plot;
+    returns the plot's artifact path ([] when there is nothing to plot)."""
+    from medxp.search.study import trained_trials
+
+    if result.selection:
+        tracker.set_tags({"medxp.select": result.selection[:5000]})
+    front = result.pareto_front
+    if front is None or front.empty:
+        return []
+    tracker.log_text(front.to_csv(index=False), PARETO_TABLE)
+    tracker.log_text(front_markdown(front, _objective_names(result)), PARETO_MARKDOWN)
+    from medxp.objectives import parse_objectives
+
+    trained = [t for t in trained_trials(study) if t.state == optuna.trial.TrialState.COMPLETE]
+    directions = [objective.direction for objective in parse_objectives(result.objectives)]
+    tracker.log_figure(pareto_figure(trained, _objective_names(result), set(front["number"]),
+                                     result.best_trial_number, directions), PARETO_PLOT)
+    return [PARETO_PLOT]
+
+
+def front_markdown(front: Any, objectives: list[str]) -> str:
+    """The front as a Markdown table: trial, each objective (4 significant digits), MLflow run, chosen."""
+    header = ["trial", *objectives, "MLflow run", "chosen"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in front.to_dict("records"):
+        lines.append("| " + " | ".join([str(row["number"]), *(f"{row[name]:.4g}" for name in objectives),
+                                        f"`{row['mlflow_run_id']}`" if row["mlflow_run_id"] else "",
+                                        "**yes**" if row["selected"] else ""]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def pareto_figure(trials: list[FrozenTrial], objectives: list[str], front: set[int], selected: int | None,
+                  directions: list[str] | None = None) -> Any:
+    """Scatter of the first two objectives: every trained trial grey, the front's highlighted (joined in order
+    of the first objective), the selected trial marked; `directions` (`max`/`min`) label the axes."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 5))
+    axes = figure.add_subplot()
+    x_name, y_name = objectives[0], objectives[1]
+    points = {trial.number: (trial.values[0], trial.values[1]) for trial in trials if trial.values}
+    others = [point for number, point in points.items() if number not in front]
+    on_front = sorted((point, number) for number, point in points.items() if number in front)
+    if others:
+        axes.scatter(*zip(*others), color="0.7", label="trained trials", zorder=1)
+    if on_front:
+        axes.plot([p[0] for p, _ in on_front], [p[1] for p, _ in on_front], color="tab:blue", alpha=0.4, zorder=2)
+        axes.scatter([p[0] for p, _ in on_front], [p[1] for p, _ in on_front], color="tab:blue",
+                     label="Pareto front", zorder=3)
+        for point, number in on_front:
+            axes.annotate(str(number), point, textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if selected in points:
+        axes.scatter(*points[selected], s=220, facecolors="none", edgecolors="tab:red", linewidths=2,
+                     label=f"chosen: trial {selected}", zorder=4)
+    better = {"max": "higher is better", "min": "lower is better"}
+    axes.set_xlabel(f"{x_name} ({better[directions[0]]})" if directions else x_name)
+    axes.set_ylabel(f"{y_name} ({better[directions[1]]})" if directions else y_name)
+    more = f" (of {len(objectives)} objectives: {', '.join(objectives)})" if len(objectives) > 2 else ""
+    axes.set_title(f"Pareto front{more}", fontsize=10)
+    axes.legend(loc="best", fontsize=8)
+    figure.tight_layout()
+    return figure
 
 
 def note(head: str, plan: str) -> str:
@@ -71,9 +157,7 @@ def search_plan(config: Any, space: Any, name: str, storage: str, new_trials: in
     rungs = asha_rungs(max_epochs, settings.grace_period, settings.reduction_factor)
     data = "generated demo data (synthetic, not patients)" if synthetic else f"the data in `{data_dir or config.data.data_dir}`"
     rows = "\n".join(f"| `{p.name}` | `{p.config_key}` | {parameter_values(p)} |" for p in space.parameters)
-    sampler = ("Optuna TPE" if settings.sampler == "tpe" else f"Optuna {settings.sampler}") + \
-        f" (seed {settings.seed}" + (f"; the first {settings.startup_trials} trials sampled at random)"
-                                     if settings.sampler == "tpe" else ")")
+    sampler = sampler_phrase(settings)
     revisits = ("; a trial is judged again at every epoch until its next rung (`search.revisit_rungs`)"
                 if settings.revisit_rungs else "")
     judged = (f"judged at epoch{'s' if len(rungs) > 1 else ''} {', '.join(map(str, rungs))}"
@@ -94,8 +178,40 @@ def search_plan(config: Any, space: Any, name: str, storage: str, new_trials: in
         f"{settings.grace_period}, reduction factor {settings.reduction_factor:g}){revisits}.",
         f"- **Trials**: {settings.n_trials} (`search.n_trials`; {new_trials} to run now), "
         f"{settings.max_concurrent} at a time; each is a nested run `{run_prefix}-trial-NNN` below this one.",
-        f"- **Objective**: {objective_phrase(config)}, maximised. The search never scores the test split.",
+        *objective_lines(config),
     ])
+
+
+def sampler_phrase(settings: Any) -> str:
+    """`Optuna TPE (seed 42; the first 4 trials sampled at random)`, `Optuna random (seed 42)`, or NSGA-II's."""
+    if settings.sampler == "tpe":
+        return f"Optuna TPE (seed {settings.seed}; the first {settings.startup_trials} trials sampled at random)"
+    if settings.sampler == "nsga2":
+        from medxp.search.study import nsga2_population
+
+        return f"Optuna NSGA-II (seed {settings.seed}; generations of {nsga2_population(settings)} trials)"
+    return f"Optuna {settings.sampler} (seed {settings.seed})"
+
+
+def objective_lines(config: Any) -> list[str]:
+    """The plan's objective: the primary metric maximised, or a multi-objective search's objectives,
+    that ASHA prunes on the first, and the select rule."""
+    settings = config.search
+    if len(settings.objectives) < 2:
+        return [f"- **Objective**: {objective_phrase(config, single_metric(config))}, maximised. The search never "
+                "scores the test split."]
+    from medxp.objectives import parse_objectives, parse_select
+
+    objectives = parse_objectives(settings.objectives)
+    named = ", ".join(f"`{o.metric}` ({'maximised' if o.direction == 'max' else 'minimised'})" for o in objectives)
+    first = objectives[0].metric.removeprefix("val_")
+    return [f"- **Objectives** (`search.objectives`): {named}; the study keeps their Pareto front. `val_*` are "
+            "validation metrics of a trial's final evaluation; `infer_ms` is the median CPU time of a batch of 16, "
+            "`model_params` the parameter count, `train_seconds` the fit's wall time. The search never scores the "
+            "test split.",
+            f"- **ASHA prunes on the first objective** only: {objective_phrase(config, first)}, every epoch.",
+            f"- **Selection** (`search.select`): `{parse_select(settings.select, objectives).text}` among the front; "
+            "when no front trial meets its conditions, the front's best on the first objective."]
 
 
 def search_outcome(result: Any, config: Any = None, plots: list[str] | None = None) -> str:
@@ -106,19 +222,25 @@ def search_outcome(result: Any, config: Any = None, plots: list[str] | None = No
         lines.append(f"**No trial finished**: nothing to choose (trials per state: {counts}); "
                      "see the failed trials' runs below this one (tags `medxp.trial_state`, `medxp.error`).")
     else:
-        metric = objective_phrase(config) if config is not None else "validation objective"
+        metric = objective_phrase(config, single_metric(config)) if config is not None else "validation objective"
         params = ", ".join(f"`{key}` = {shown(value)}" for key, value in result.best_params.items())
         run = getattr(result, "best_run_name", "") or result.best_run_id
         run = f" (run `{run}`)" if run else ""
-        lines += [f"Best: **trial {result.best_trial_number}**{run}, {metric} **{result.best_value:.4f}**.",
-                  "",
-                  f"Its parameters: {params} (`{BEST_PARAMS}`)." if params else "It searched no parameter."]
+        if _objective_names(result):
+            lines += [f"Chosen: **trial {result.best_trial_number}**{run} by `search.select`: {result.selection}.",
+                      "", f"Pareto front (`{PARETO_TABLE}`, plot `{PARETO_PLOT}`):", "",
+                      front_markdown(result.pareto_front, _objective_names(result)).rstrip()
+                      if result.pareto_front is not None else "(none)"]
+        else:
+            lines.append(f"Best: **trial {result.best_trial_number}**{run}, {metric} **{result.best_value:.4f}**.")
+        lines += ["", f"Its parameters: {params} (`{BEST_PARAMS}`)." if params else "It searched no parameter."]
+    values = "each objective's value" if _objective_names(result) else "validation value"
     lines += ["",
               f"Trials in the study: {counts}; {result.epochs_total} epochs trained; this run took "
               f"{result.wall_time_s:.0f} s.",
               "",
-              f"- **Trials table**: artifact `{TRIALS_TABLE}` (one row per trial: state, parameters, "
-              "validation value, epochs, MLflow run id), and the nested runs below this one (select them, *Compare*).",
+              f"- **Trials table**: artifact `{TRIALS_TABLE}` (one row per trial: state, parameters, {values}, "
+              "epochs, MLflow run id), and the nested runs below this one (select them, *Compare*).",
               "- **Plots**: " + (", ".join(f"`{path}`" for path in plots) if plots
                                  else "none (too few finished trials)") + "."]
     return "\n".join(lines)
@@ -129,10 +251,17 @@ def shown(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def objective_phrase(config: Any) -> str:
-    """`validation accuracy (`valid_accuracy`; arg-max decision, ...; positive class `abnormal`)`: the metric,
-    its split and its decision rule."""
-    metric = config.eval.primary_metric
+def single_metric(config: Any) -> str:
+    """A single-objective search's metric as `eval.*` names it: the one `search.objectives` entry without its
+    `val_` prefix, else `eval.primary_metric`."""
+    entries = config.search.objectives
+    return entries[0].partition(":")[0].removeprefix("val_") if len(entries) == 1 else config.eval.primary_metric
+
+
+def objective_phrase(config: Any, metric: str | None = None) -> str:
+    """`validation accuracy (`valid_accuracy`; arg-max decision, ...; positive class `abnormal`)`: the metric
+    (default `eval.primary_metric`), its split and its decision rule."""
+    metric = metric or config.eval.primary_metric
     names = [str(name) for name in config.dataset.class_names]
     phrase = f"validation {_METRIC_NAMES.get(metric, metric)} (`valid_{metric}`"
     if metric == "roc_auc":
@@ -166,40 +295,48 @@ def parameter_values(parameter: Any) -> str:
     return f"{text} (only when {conditions})" if conditions else text
 
 
-def trials_table(trials: list[FrozenTrial]) -> str:
-    """CSV: number, state, one column per parameter, value, epochs run, duration, MLflow run, twin of."""
+def trials_table(trials: list[FrozenTrial], objectives: list[str] | None = None) -> str:
+    """CSV: number, state, one column per parameter, value (a multi-objective study: one column per objective,
+    named by its metric), epochs run, duration, MLflow run, twin of."""
     names = sorted({name for trial in trials for name in trial.params})
+    value_columns = objectives or ["value"]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["number", "state", *names, "value", "epochs", "duration_s", "mlflow_run_id",
+    writer.writerow(["number", "state", *names, *value_columns, "epochs", "duration_s", "mlflow_run_id",
                      "duplicate_of"])
     for trial in trials:
         duration = trial.duration.total_seconds() if trial.duration is not None else ""
+        values = trial.values if trial.values is not None else [""] * len(value_columns)
         writer.writerow([trial.number, trial.state.name.lower(), *(trial.params.get(n, "") for n in names),
-                         "" if trial.value is None else trial.value, trial.user_attrs.get("epochs", ""),
+                         *values, trial.user_attrs.get("epochs", ""),
                          f"{duration:.1f}" if duration != "" else "", trial.user_attrs.get("mlflow_run_id", ""),
                          trial.user_attrs.get("duplicate_of", "")])
     return buffer.getvalue()
 
 
-def log_plots(tracker: Any, study: optuna.Study) -> list[str]:
+def log_plots(tracker: Any, study: optuna.Study, objectives: list[str] | None = None) -> list[str]:
     """Each of Optuna's plots that can be drawn for this study, as `search/plots/<name>.png|.html`; returns
-    the PNGs' artifact paths."""
+    the PNGs' artifact paths. A multi-objective study's plots show the first objective (`objectives[0]`);
+    it has no intermediate values (Optuna's report is single-objective), so no plot of them."""
     finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                              optuna.trial.TrialState.PRUNED)))
     html = _plotly_available()
     if not html:
         log.info("plotly is not installed: search plots are logged as PNG only (no HTML)")
     logged = []
+    target = {"target": lambda trial: trial.values[0], "target_name": objectives[0]} if objectives else {}
     for name, function, needs in PLOTS:
         if finished < needs:
             log.info("plot %s skipped: %d finished trial(s), needs %d", name, finished, needs)
             continue
-        if _try_plot(name, lambda: _png(getattr(optuna.visualization.matplotlib, function)(study)),
+        if objectives and name == "intermediate_values":
+            continue
+        if _try_plot(name, lambda: _png(getattr(optuna.visualization.matplotlib, function)(study, **target)),
                      lambda figure: tracker.log_figure(figure, f"search/plots/{name}.png")):
             logged.append(f"search/plots/{name}.png")
         if html:
-            _try_plot(name, lambda: getattr(optuna.visualization, function)(study).to_html(include_plotlyjs="cdn"),
+            _try_plot(name, lambda: getattr(optuna.visualization, function)(study, **target)
+                      .to_html(include_plotlyjs="cdn"),
                       lambda page: tracker.log_text(page, f"search/plots/{name}.html"))
     return logged
 

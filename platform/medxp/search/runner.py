@@ -13,6 +13,10 @@ find on its node (medxp.search.trial checks it), passes the MLflow credentials o
 environment to the trials (Ray's runtime environment, never a run's params or tags), and
 keeps the Optuna study in `search.storage` (or `$MEDXP_SEARCH_STORAGE`), for example the
 cluster's PostgreSQL; a password in that URL is masked wherever a run records it.
+
+With two or more `search.objectives` the study is multi-objective: the result's best trial is
+the one `search.select` picks among the Pareto front (`study.best_trials`), and the result holds
+the front and a sentence on the selection; `best_value` stays the first objective's value.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any, Iterator
 
 import mlflow
 import optuna
+import pandas as pd
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import TrialState
@@ -37,6 +42,7 @@ from medxp.data.audit import leak_policy, log_audit
 from medxp.data.datamodule import PriorAudit, create_datamodule, ensure_data, prior_audit
 from medxp.data.synthetic import is_generated
 from medxp.errors import MedxpError
+from medxp.objectives import FrontTrial, Objective, parse_objectives, parse_select, select_from_front
 from medxp.recording import record_run_config, redacted_url
 from medxp.search.progress import SearchProgress
 from medxp.search.report import NOTE_TAG, RUNNING, log_search_report, note, search_plan
@@ -89,6 +95,18 @@ class SearchResult:
     best_weights: dict[str, str] = field(default_factory=dict)
     # The best trial's MLflow run name (`glaucoma-small_cnn-trial-003`).
     best_run_name: str = ""
+    # A multi-objective search (two or more `search.objectives`): the objectives, the Pareto front (one row per
+    # front trial: number, each objective, mlflow_run_id, model_uri, selected), the selection (rule, chosen
+    # trial and its values, or why none qualified) and the chosen trial's value of each objective.
+    objectives: tuple[str, ...] = ()
+    pareto_front: pd.DataFrame | None = None
+    selection: str = ""
+    best_values: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def multi_objective(self) -> bool:
+        """Whether the search weighed two or more objectives (its best trial is `search.select`'s pick)."""
+        return len(self.objectives) > 1
 
     @property
     def trials_trained(self) -> int:
@@ -140,7 +158,7 @@ def run_search(config: ExperimentConfig, *, search_name: str | None = None, pare
             if new_trials:
                 context = TrialContext(tracking_uri, parent.run.info.experiment_id, parent.run_id, name,
                                        epoch_metric, base.data.data_dir, fingerprint, config.dataset.name,
-                                       config.model.name)
+                                       config.model.name, tuple(config.search.objectives))
                 _run_tune(study, space, base, context, new_trials, search_home(tracking_uri), audit)
             close_leftover_runs(study, parent.run.info.experiment_id, parent.run_id,
                                 dataset=config.dataset.name, model=config.model.name)
@@ -181,6 +199,9 @@ def absolute_tracking_uri() -> str:
 
 
 def _epoch_metric(config: ExperimentConfig) -> str:
+    """The per-epoch metric ASHA prunes on: the first of `search.objectives`, else `val_<eval.primary_metric>`."""
+    if config.search.objectives:
+        return parse_objectives(config.search.objectives)[0].metric  # the config checked it is per-epoch
     metric = config.eval.primary_metric
     if metric not in EPOCH_METRICS:
         raise MedxpError(f"{config.source}: 'eval.primary_metric' = {metric!r}: a search needs a metric the "
@@ -395,22 +416,71 @@ def _result(study: optuna.Study, space: SearchSpace, config: ExperimentConfig, b
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     result = SearchResult(study.study_name, storage, parent_run_id, None, {}, None, None, None, None,
                           {k: v for k, v in counts.items() if v}, new_trials, epochs_total, wall_time_s)
-    if complete:
+    multi_objective = len(study.directions) > 1
+    if multi_objective:
+        result.objectives = tuple(config.search.objectives)
+    if not complete:
+        return result
+    if multi_objective:
+        best = _select_on_front(study, trials, config, result)
+    else:
         best = study.best_trial
         if DUPLICATE_OF in best.user_attrs:  # report the trial that trained the model, not its twin
             best = trials[best.user_attrs[DUPLICATE_OF]]
-        params = space.config_values(best.params)  # Optuna records a list choice as its JSON text
-        result.best_trial_number, result.best_params, result.best_value = best.number, params, best.value
-        result.best_config = config.replace({"train.epochs": base.train.epochs, **params},
-                                            origin=f"study {study.study_name} trial {best.number}")
-        result.best_run_id = best.user_attrs.get("mlflow_run_id")
-        if result.best_run_id:
-            best_run = MlflowClient().get_run(result.best_run_id)
-            tags = best_run.data.tags
-            result.best_weights = {key: value for key, value in tags.items() if key.startswith("model.weights_")}
-            result.best_run_name = best_run.info.run_name or ""
-        result.best_model_uri = best.user_attrs.get("model_uri") or None
-        trained_complete = [t for t in complete if DUPLICATE_OF not in t.user_attrs and t.user_attrs.get("model_uri")]
-        result.ranked_models = [(t.number, float(t.value), t.user_attrs["model_uri"])
-                                for t in sorted(trained_complete, key=lambda t: t.value, reverse=True)]
+    params = space.config_values(best.params)  # Optuna records a list choice as its JSON text
+    result.best_trial_number, result.best_params, result.best_value = best.number, params, best.values[0]
+    result.best_config = config.replace({"train.epochs": base.train.epochs, **params},
+                                        origin=f"study {study.study_name} trial {best.number}")
+    result.best_run_id = best.user_attrs.get("mlflow_run_id")
+    if result.best_run_id:
+        best_run = MlflowClient().get_run(result.best_run_id)
+        tags = best_run.data.tags
+        result.best_weights = {key: value for key, value in tags.items() if key.startswith("model.weights_")}
+        result.best_run_name = best_run.info.run_name or ""
+    result.best_model_uri = best.user_attrs.get("model_uri") or None
+    trained_complete = [t for t in complete if DUPLICATE_OF not in t.user_attrs and t.user_attrs.get("model_uri")]
+    result.ranked_models = [(t.number, float(t.values[0]), t.user_attrs["model_uri"])
+                            for t in sorted(trained_complete, key=lambda t: t.values[0], reverse=True)]
     return result
+
+
+def pareto_trials(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The study's Pareto front (`study.best_trials`), a twin replaced by the trial that trained, by number."""
+    front: dict[int, optuna.trial.FrozenTrial] = {}
+    for trial in study.best_trials:
+        if DUPLICATE_OF in trial.user_attrs:
+            trial = trials[trial.user_attrs[DUPLICATE_OF]]
+        front.setdefault(trial.number, trial)
+    return [front[number] for number in sorted(front)]
+
+
+def _select_on_front(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], config: ExperimentConfig,
+                     result: SearchResult) -> optuna.trial.FrozenTrial:
+    """The front trial `search.select` picks; fills the result's front table, selection and values."""
+    objectives = parse_objectives(config.search.objectives)
+    rule = parse_select(config.search.select, objectives)
+    front = pareto_trials(study, trials)
+    selection = select_from_front([FrontTrial(t.number, objective_map(objectives, t.values)) for t in front], rule,
+                                  objectives)
+    chosen = next(trial for trial in front if trial.number == selection.number)
+    result.selection = selection.text
+    result.best_values = objective_map(objectives, chosen.values)
+    result.pareto_front = front_table(front, objectives, chosen.number)
+    log.info("search %s: %s", study.study_name, selection.text)
+    return chosen
+
+
+def objective_map(objectives: list[Objective] | tuple[Objective, ...], values: list[float]) -> dict[str, float]:
+    """`{"val_accuracy": 0.81, "infer_ms": 3.2}`: a trial's values by objective metric."""
+    return {objective.metric: float(value) for objective, value in zip(objectives, values)}
+
+
+def front_table(front: list[optuna.trial.FrozenTrial], objectives: tuple[Objective, ...], selected: int | None
+                ) -> pd.DataFrame:
+    """One row per front trial: number, each objective's value, MLflow run id, model URI, whether selected."""
+    rows = [{"number": trial.number, **objective_map(objectives, trial.values),
+             "mlflow_run_id": trial.user_attrs.get("mlflow_run_id", ""),
+             "model_uri": trial.user_attrs.get("model_uri", ""), "selected": trial.number == selected}
+            for trial in front]
+    columns = ["number", *(objective.metric for objective in objectives), "mlflow_run_id", "model_uri", "selected"]
+    return pd.DataFrame(rows, columns=columns)

@@ -17,6 +17,12 @@ twin of a trial still training waits (RUNNING in the study) and takes its outcom
 When the sampler proposes nothing new `MAX_REDRAWS` times in a row, the space is taken
 as exhausted and the search ends.
 
+With two or more `search.objectives` the study has one direction per objective and a COMPLETE
+trial is told the list of their values. Optuna's `trial.report` is for single-objective studies
+only, so there a trial's per-epoch values of the first objective (what ASHA prunes on) are kept
+as its user attribute `epoch_objectives` instead: a resumed search seeds ASHA's rungs from them
+and a twin copies them.
+
 Ray offers no public hook for what these classes change, so they use a few of its internals:
 ASHA's `_brackets`, `_trial_info` and each bracket's `_rungs`; OptunaSearch's `_setup_study`,
 `_ot_study` and `_ot_trials`. tests/unit/test_library_contracts.py pins each of them, so an upgrade
@@ -38,6 +44,8 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from medxp.config import SearchConfig
+from medxp.errors import MedxpError
+from medxp.objectives import parse_objectives
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +56,16 @@ FINISHED = "medxp_finished"
 RUN_ID = "mlflow_run_id"
 MODEL_URI = "model_uri"
 EPOCH_OBJECTIVE = "epoch_objective"
+# The final result's objective values, in `search.objectives`' order (a multi-objective search).
+OBJECTIVE_VALUES = "objective_values"
 TRIAL_NUMBER = "trial_number"
 PARAMS = "params"
 # User attribute of a study trial that repeats an earlier trial's parameters (that trial's number).
 DUPLICATE_OF = "duplicate_of"
+# User attribute of a multi-objective study's trial: its per-epoch first-objective values ({"1": 0.7, ...}).
+EPOCH_VALUES = "epoch_objectives"
+# Study user attribute of a multi-objective study: its `search.objectives`, in order.
+STUDY_OBJECTIVES = "objectives"
 # Proposals in a row that may all repeat finished or running trials before the space counts as exhausted.
 MAX_REDRAWS = 20
 
@@ -67,7 +81,8 @@ class TrialOutcome:
     run_id: str | None
     epochs: int
     reason: str = ""
-    value: float | None = None
+    value: float | None = None  # the first objective's
+    values: tuple[float, ...] = ()  # every objective's, in order (COMPLETE)
 
 
 class PruningScheduler(AsyncHyperBandScheduler):
@@ -94,9 +109,10 @@ class PruningScheduler(AsyncHyperBandScheduler):
     def seed_rungs(self, study: optuna.Study) -> None:
         """Fills the rungs with the study's earlier trials, so that a resumed search prunes against them too."""
         for trial in trained_trials(study):
+            per_epoch = epoch_values(trial)
             for bracket in self._brackets:
                 for milestone, recorded in bracket._rungs:
-                    value = trial.intermediate_values.get(math.ceil(milestone))
+                    value = per_epoch.get(math.ceil(milestone))
                     if value is not None and math.isfinite(value):
                         recorded[f"study-trial-{trial.number}"] = value
 
@@ -151,6 +167,8 @@ class StudySearcher(OptunaSearch):
         self._rerun_duplicates = rerun_duplicates
         self._waiting_twins: dict[int, list[optuna.Trial]] = {}  # running trial's number -> its twins
         self._ended: set[str] = set()  # Tune ids of the trials told to the study
+        self._multi_objective = len(study.directions) > 1
+        self._epoch_values: dict[str, dict[int, float]] = {}  # multi-objective: per-epoch values, told at the end
 
     @property
     def study(self) -> optuna.Study:
@@ -211,15 +229,19 @@ class StudySearcher(OptunaSearch):
 
     def _record_twin(self, ot_trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> None:
         """Tells the study `ot_trial` ended as `twin` did, without training it (0 epochs, no MLflow run)."""
-        for epoch, value in sorted(twin.intermediate_values.items()):
-            ot_trial.report(value, epoch)
+        if self._multi_objective:
+            if EPOCH_VALUES in twin.user_attrs:
+                ot_trial.set_user_attr(EPOCH_VALUES, twin.user_attrs[EPOCH_VALUES])
+        else:
+            for epoch, value in sorted(twin.intermediate_values.items()):
+                ot_trial.report(value, epoch)
         ot_trial.set_user_attr(DUPLICATE_OF, twin.number)
         ot_trial.set_user_attr("epochs", 0)
         for key in (RUN_ID, MODEL_URI):
             if key in twin.user_attrs:
                 ot_trial.set_user_attr(key, twin.user_attrs[key])
         ot_trial.set_user_attr("reason", f"same parameters as trial {twin.number}: its outcome, not trained again")
-        self._study.tell(ot_trial, twin.value if twin.state == TrialState.COMPLETE else None, state=twin.state)
+        self._study.tell(ot_trial, twin.values if twin.state == TrialState.COMPLETE else None, state=twin.state)
         log.info("trial %d repeats trial %d's parameters: recorded %s from it, not trained again", ot_trial.number,
                  twin.number, twin.state.name.lower())
 
@@ -243,18 +265,29 @@ class StudySearcher(OptunaSearch):
                 ot_trial.set_user_attr(key if key != EPOCH else "epochs", result[key])
         if reason:
             ot_trial.set_user_attr("reason", reason)
+        if self._multi_objective and self._epoch_values.get(trial_id):
+            ot_trial.set_user_attr(EPOCH_VALUES, {str(epoch): v for epoch, v in
+                                                  sorted(self._epoch_values[trial_id].items())})
         self._study.tell(ot_trial, value, state=state)
         self._ended.add(trial_id)
         self._settle_waiting_twins(ot_trial.number)
+        values = tuple(value) if isinstance(value, list) else (() if value is None else (value,))
         log.debug("trial %d %s after %s epoch(s)%s", ot_trial.number, state.name.lower(), result.get(EPOCH, 0),
-                  f": {OBJECTIVE} {value:.4f}" if value is not None else (f" ({reason})" if reason else ""))
+                  f": {OBJECTIVE} {', '.join(f'{v:.4f}' for v in values)}" if values
+                  else (f" ({reason})" if reason else ""))
         self._on_outcome(TrialOutcome(ot_trial.number, state, result.get(RUN_ID), int(result.get(EPOCH) or 0), reason,
-                                      value))
+                                      values[0] if values else None, values))
 
-    def _judge(self, trial_id: str, result: dict, error: bool) -> tuple[TrialState, float | None, str]:
-        """(state, value, reason) of a trial Tune says has ended."""
+    def _judge(self, trial_id: str, result: dict, error: bool) -> tuple[TrialState, float | list[float] | None, str]:
+        """(state, value, reason) of a trial Tune says has ended; a multi-objective study's value is the list."""
         if error:
             return TrialState.FAIL, None, "the trial raised an error (see its MLflow run)"
+        if result.get(FINISHED) and self._multi_objective:
+            values = result.get(OBJECTIVE_VALUES)
+            if (not isinstance(values, (list, tuple)) or len(values) != len(self._study.directions)
+                    or not all(v is not None and math.isfinite(v) for v in values)):
+                return TrialState.FAIL, None, f"final {OBJECTIVE_VALUES} is {values}"
+            return TrialState.COMPLETE, [float(v) for v in values], ""
         if result.get(FINISHED):
             value = result.get(OBJECTIVE)
             if value is None or not math.isfinite(value):
@@ -265,9 +298,13 @@ class StudySearcher(OptunaSearch):
         return TrialState.FAIL, None, "interrupted (time budget or shutdown) before it finished"
 
     def _report_epoch(self, trial_id: str, result: dict) -> None:
-        """`trial.report(value, epoch)`, once per epoch, finite values only."""
+        """`trial.report(value, epoch)`, once per epoch, finite values only (multi-objective: kept for
+        the user attribute `epoch_objectives`, Optuna's report being single-objective only)."""
         epoch, value = result.get(EPOCH), result.get(OBJECTIVE)
         if epoch is None or value is None or not math.isfinite(value):
+            return
+        if self._multi_objective:
+            self._epoch_values.setdefault(trial_id, {}).setdefault(int(epoch), float(value))
             return
         reported = self._reported_epochs.setdefault(trial_id, set())
         if int(epoch) not in reported:
@@ -295,20 +332,50 @@ def search_home(tracking_uri: str) -> Path:
 
 
 def create_sampler(settings: SearchConfig, previous_trials: int) -> optuna.samplers.BaseSampler:
-    """TPE (default) or random, seeded; a resumed study shifts the seed so it does not replay its first draws."""
+    """TPE (default), random or NSGA-II (generations of `startup_trials` trials, at least 4), seeded; a resumed
+    study shifts the seed so it does not replay its first draws. TPE and NSGA-II handle several objectives."""
     seed = settings.seed + previous_trials
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if settings.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=nsga2_population(settings))
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=settings.startup_trials, constant_liar=True)
 
 
+def nsga2_population(settings: SearchConfig) -> int:
+    """NSGA-II's generation size: `search.startup_trials`, at least 4 (two parents and room to choose them)."""
+    return max(settings.startup_trials, 4)
+
+
+def study_directions(settings: SearchConfig) -> list[str]:
+    """`["maximize"]` for a single objective; one Optuna direction per objective with two or more."""
+    objectives = parse_objectives(settings.objectives)
+    return [objective.optuna_direction for objective in objectives] if len(objectives) > 1 else ["maximize"]
+
+
 def open_study(name: str, storage: str, settings: SearchConfig) -> optuna.Study:
-    """Creates or loads the study `name`; trials a killed search left RUNNING (or WAITING) are marked FAIL."""
+    """Creates or loads the study `name`; trials a killed search left RUNNING (or WAITING) are marked FAIL.
+
+    Raises:
+        MedxpError: an existing study whose objectives (directions, or the metrics a multi-objective
+            study recorded) differ from `search.objectives`.
+    """
     storage_object = optuna.storages.RDBStorage(storage)
     existing = optuna.study.get_all_study_names(storage_object)
-    previous = len(optuna.load_study(study_name=name, storage=storage_object).trials) if name in existing else 0
-    study = optuna.create_study(study_name=name, storage=storage_object, direction="maximize",
-                                sampler=create_sampler(settings, previous), load_if_exists=True)
+    directions = study_directions(settings)
+    previous = 0
+    if name in existing:
+        loaded = optuna.load_study(study_name=name, storage=storage_object)
+        _check_same_objectives(loaded, settings, directions)
+        previous = len(loaded.trials)
+    if len(directions) > 1:
+        study = optuna.create_study(study_name=name, storage=storage_object, directions=directions,
+                                    sampler=create_sampler(settings, previous), load_if_exists=True)
+        if STUDY_OBJECTIVES not in study.user_attrs:
+            study.set_user_attr(STUDY_OBJECTIVES, list(settings.objectives))
+    else:
+        study = optuna.create_study(study_name=name, storage=storage_object, direction="maximize",
+                                    sampler=create_sampler(settings, previous), load_if_exists=True)
     study_id = storage_object.get_study_id_from_name(name)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         # The storage's own (public) methods: `study.tell` refuses a WAITING trial and sets no user attribute.
@@ -317,6 +384,30 @@ def open_study(name: str, storage: str, settings: SearchConfig) -> optuna.Study:
         storage_object.set_trial_state_values(trial_id, TrialState.FAIL)
         log.warning("study %s: trial %d was left running by an interrupted search; marked FAIL", name, trial.number)
     return study
+
+
+def _check_same_objectives(study: optuna.Study, settings: SearchConfig, directions: list[str]) -> None:
+    """Refuses to resume a study under objectives other than those it was created with."""
+    recorded = [direction.name.lower() for direction in study.directions]
+    recorded_objectives = study.user_attrs.get(STUDY_OBJECTIVES)
+    asked = list(settings.objectives) or ["(single objective)"]
+    if recorded != directions:
+        raise MedxpError(f"study '{study.study_name}': it was created with the direction(s) {', '.join(recorded)}, "
+                         f"but 'search.objectives' = {asked} asks {', '.join(directions)}; expected the objectives "
+                         "the study was created with, or another search name (search.name) for a new study")
+    if recorded_objectives is not None and len(directions) > 1 and \
+            [o.text for o in parse_objectives(recorded_objectives)] != [o.text for o in parse_objectives(asked)]:
+        raise MedxpError(f"study '{study.study_name}': it was created with 'search.objectives' = "
+                         f"{list(recorded_objectives)}, but the config asks {asked}; expected the same objectives, "
+                         "or another search name (search.name) for a new study")
+
+
+def epoch_values(trial: optuna.trial.FrozenTrial) -> dict[int, float]:
+    """A trial's per-epoch values of the (first) objective: Optuna's intermediate values, or a multi-objective
+    study's user attribute `epoch_objectives`."""
+    if trial.intermediate_values:
+        return dict(trial.intermediate_values)
+    return {int(epoch): float(value) for epoch, value in trial.user_attrs.get(EPOCH_VALUES, {}).items()}
 
 
 def trained_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

@@ -33,7 +33,18 @@ from medxp.data.datamodule import DataModule, PriorAudit, create_datamodule
 from medxp.errors import MedxpError
 from medxp.models.backbones import pretrained_input
 from medxp.search.report import NOTE_TAG, shown
-from medxp.search.study import EPOCH, EPOCH_OBJECTIVE, FINISHED, MODEL_URI, OBJECTIVE, PARAMS, RUN_ID, TRIAL_NUMBER
+from medxp.objectives import objective_values, parse_objectives
+from medxp.search.study import (
+    EPOCH,
+    EPOCH_OBJECTIVE,
+    FINISHED,
+    MODEL_URI,
+    OBJECTIVE,
+    OBJECTIVE_VALUES,
+    PARAMS,
+    RUN_ID,
+    TRIAL_NUMBER,
+)
 from medxp.tracking.mlflow_tracker import MlflowTracker
 
 log = logging.getLogger(__name__)
@@ -55,6 +66,8 @@ class TrialContext:
     data_fingerprint: str = ""
     dataset: str = ""
     model: str = ""
+    # `search.objectives`; empty: the single `val_<eval.primary_metric>`.
+    objectives: tuple[str, ...] = ()
 
 
 class TuneReporter:
@@ -79,7 +92,9 @@ def run_trial(tune_config: dict, *, base: ExperimentConfig, context: TrialContex
     """Tune's function trainable: trains `base` with the sampled parameters in a child MLflow run.
 
     The trial scores the validation split only (the search's objective): the test split is scored
-    once, by the main flow, on the model the search chooses.
+    once, by the main flow, on the model the search chooses. A multi-objective search's final result
+    also holds every objective's value (`objective_values`, in `search.objectives`' order; `objective`
+    is the first's), from the validation metrics and the cost the run recorded.
 
     `prior_audit` is the driver's audit of the data (`audit.on_leak` set): the trial applies the
     policy to it (drops the same held-out copies, logs the same report) without scanning again.
@@ -95,10 +110,25 @@ def run_trial(tune_config: dict, *, base: ExperimentConfig, context: TrialContex
         data = node_data(config, context, prior_audit)
         result = run_experiment(config, tracker, callbacks=[TuneReporter(context.epoch_metric, tracker.run_id)],
                                 log_model=True, progress=False, data=data, splits=("valid",))
+        final = final_objectives(context, result)  # in the run: a missing metric fails it, saying why
     history = result.fit.history
-    tune.report({OBJECTIVE: float(result.objective), EPOCH: len(history), FINISHED: True, RUN_ID: tracker.run_id,
+    tune.report({**final, EPOCH: len(history), FINISHED: True, RUN_ID: tracker.run_id,
                  MODEL_URI: result.model_uri or "",
                  EPOCH_OBJECTIVE: float(history[-1][context.epoch_metric]) if history else float("nan")})
+
+
+def final_objectives(context: TrialContext, result: Any) -> dict[str, Any]:
+    """`{objective: <first value>, objective_values: [...]}` with `search.objectives`; `{objective:
+    val_<eval.primary_metric>}` without.
+
+    Raises:
+        MedxpError: an objective the run did not record (naming `search.objectives`).
+    """
+    if not context.objectives:
+        return {OBJECTIVE: float(result.objective)}
+    values = objective_values(parse_objectives(context.objectives), result.evaluations["valid"].metrics,
+                              result.cost)
+    return {OBJECTIVE: values[0], OBJECTIVE_VALUES: values}
 
 
 def placement_tags() -> dict[str, str]:
