@@ -107,16 +107,6 @@ def test_a_three_variant_series_compares_its_nested_runs_and_a_rerun_trains_noth
     assert len(variant_runs("covid_radiography")) == 6
 
 
-def test_the_real_covid_ablation_runs_on_the_four_class_layout(tmp_path, mlflow_store):
-    data = make_covid(tmp_path / "covid", per_class=10)
-    result, parent = series("covid_radiography", "ablation", {**SHRINK, "train.epochs": "1",
-                                                              "data.data_dir": str(data)})
-    assert list(result.table["label"]) == ["cnn_base", "cnn_bn", "cnn_dropout", "cnn_bn_dropout",
-                                           "cnn_bn_dropout_early_stopping"]
-    assert list(result.table["status"]) == ["FINISHED"] * 5
-    assert "covid, lung_opacity, normal, viral_pneumonia" in parent.data.tags["mlflow.note.content"]
-
-
 def test_a_ladder_ending_in_an_ensemble_averages_the_best_earlier_variants(tmp_path, mlflow_store, projects):
     data = write_npz(tmp_path / "organsmnist.npz", counts=(44, 22, 22), classes=11)
     result, _ = series("organsmnist", "short", {"train.epochs": "1", "train.batch_size": "16",
@@ -130,15 +120,20 @@ def test_a_ladder_ending_in_an_ensemble_averages_the_best_earlier_variants(tmp_p
     assert 0.0 <= ensemble["test_accuracy"] <= 1.0
 
 
-def test_mlflow_run_series_on_a_two_class_covid_normal_folder(tmp_path, mlflow_store):
-    data = tmp_path / "covid_normal"
-    make_covid(data, per_class=20)
-    for folder in set(COVID_FOLDERS) - {"COVID", "Normal"}:
-        shutil.rmtree(data / folder)
+@pytest.mark.parametrize("classes", [["covid", "normal"], ["covid", "lung_opacity", "normal", "viral_pneumonia"]],
+                         ids=["two-class COVID-Normal folder", "four-class layout"])
+def test_mlflow_run_series_runs_the_covid_ablation(tmp_path, mlflow_store, classes):
+    data = tmp_path / "covid"
+    make_covid(data, per_class=20 if len(classes) == 2 else 10)
+    if len(classes) == 2:
+        for folder in set(COVID_FOLDERS) - {"COVID", "Normal"}:
+            shutil.rmtree(data / folder)
     overrides = " ".join(f"{key}={value}" for key, value in {**SHRINK, "train.epochs": "1"}.items())
+    if len(classes) == 2:
+        overrides += " dataset.class_names=[covid,normal]"
     command = [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "-e", "series", "--env-manager", "local",
                "-P", "dataset=covid_radiography", "-P", "series=ablation", "-P", f"data_dir={data}",
-               "-P", f"overrides=dataset.class_names=[covid,normal] {overrides}"]
+               "-P", f"overrides={overrides}"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -148,6 +143,11 @@ def test_mlflow_run_series_on_a_two_class_covid_normal_folder(tmp_path, mlflow_s
                                   filter_string="tags.`medxp.kind` = 'series'")
     assert parent.info.status == "FINISHED" and parent.info.run_name == "series-ablation"
     runs = variant_runs("covid_radiography")
-    assert len(runs) == 5 and {run.data.tags[MLFLOW_PARENT_RUN_ID] for run in runs} == {parent.info.run_id}
-    assert {run.data.params["dataset.class_names"] for run in runs} == {"covid,normal"}
-    assert "ROC AUC of the positive class `covid`" in parent.data.tags["mlflow.note.content"]
+    assert [run.info.run_name for run in runs] == ["cnn_base", "cnn_bn", "cnn_dropout", "cnn_bn_dropout",
+                                                   "cnn_bn_dropout_early_stopping"]
+    assert {run.data.tags[MLFLOW_PARENT_RUN_ID] for run in runs} == {parent.info.run_id}
+    assert {run.data.params["dataset.class_names"] for run in runs} == {",".join(classes)}
+    note = parent.data.tags["mlflow.note.content"]
+    assert f"Classes: {', '.join(classes)}." in note
+    auc = "ROC AUC of the positive class `covid`" if len(classes) == 2 else "ROC AUC one-vs-rest"
+    assert auc in note
