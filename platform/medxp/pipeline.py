@@ -21,7 +21,7 @@ from medxp.data import DataModule, create_datamodule
 from medxp.data.datamodule import PriorAudit
 from medxp.hashing import state_dict_sha256
 from medxp.models import InferenceModel, create_model
-from medxp.models.cost import INFER_BATCH, inference_ms, parameter_count
+from medxp.models.cost import INFER_BATCH, INFER_REPEATS, inference_ms, parameter_count
 from medxp.models.backbones import pretrained_input
 from medxp.recording import EpochLogger, record_context, record_evaluation, record_fit
 from medxp.tracking.base import Tracker
@@ -118,7 +118,7 @@ def record_cost(tracker: Tracker, model: InferenceModel, data: DataModule, train
             "train_seconds": float(train_seconds)}
     tracker.log_metrics(cost)
     tracker.set_tags({"cost.infer": f"CPU, batch of {INFER_BATCH}, {torch.get_num_threads()} thread(s), median "
-                                    "of 7 passes after a warm-up"})
+                                    f"of {INFER_REPEATS} passes after a warm-up"})
     return cost
 
 

@@ -262,7 +262,7 @@ def _run_ensemble_variant(context: _VariantContext, rows: list[dict[str, Any]],
     started, run_id = time.perf_counter(), ""
     try:
         with MlflowTracker.start(context.experiment, run_name=label, nested=True,
-                                 tags={**context.tags(hashed), "medxp.kind": "series-variant"}) as variant_tracker:
+                                 tags=context.tags(hashed)) as variant_tracker:
             run_id = variant_tracker.run_id
             if len(members) < 2:
                 raise MedxpError(f"variant '{label}': only {len(members)} earlier variant(s) finished with a model; "

@@ -368,14 +368,10 @@ def open_study(name: str, storage: str, settings: SearchConfig) -> optuna.Study:
         loaded = optuna.load_study(study_name=name, storage=storage_object)
         _check_same_objectives(loaded, settings, directions)
         previous = len(loaded.trials)
-    if len(directions) > 1:
-        study = optuna.create_study(study_name=name, storage=storage_object, directions=directions,
-                                    sampler=create_sampler(settings, previous), load_if_exists=True)
-        if STUDY_OBJECTIVES not in study.user_attrs:
-            study.set_user_attr(STUDY_OBJECTIVES, list(settings.objectives))
-    else:
-        study = optuna.create_study(study_name=name, storage=storage_object, direction="maximize",
-                                    sampler=create_sampler(settings, previous), load_if_exists=True)
+    study = optuna.create_study(study_name=name, storage=storage_object, directions=directions,
+                                sampler=create_sampler(settings, previous), load_if_exists=True)
+    if len(directions) > 1 and STUDY_OBJECTIVES not in study.user_attrs:
+        study.set_user_attr(STUDY_OBJECTIVES, list(settings.objectives))
     study_id = storage_object.get_study_id_from_name(name)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         # The storage's own (public) methods: `study.tell` refuses a WAITING trial and sets no user attribute.
