@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 import time
-from contextlib import nullcontext
+import traceback
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -67,6 +69,8 @@ EPOCH_METRICS = {"accuracy": "val_accuracy", "f1_macro": "val_f1_macro", "roc_au
 _STATE_NAMES = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 # Where the Optuna study lives when `search.storage` is empty (a cluster's database, say).
 STORAGE_ENV = "MEDXP_SEARCH_STORAGE"
+# Seconds between Tune's experiment snapshots (`$TUNE_GLOBAL_CHECKPOINT_S` unless the user set it).
+TUNE_SNAPSHOT_SECONDS = 3600
 # The driver's environment variables a trial needs to reach the tracking server; Ray hands them to every worker.
 FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
                  "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_CLIENT_CERT_PATH")
@@ -298,13 +302,41 @@ def _run_tune(study: optuna.Study, space: SearchSpace, base: ExperimentConfig, c
                                       storage_path=str(home / "ray_results"), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
-        with progress:
-            tuner.fit()
+        # A search resumes from its Optuna study (`StudySearcher.save`), never from Tune's experiment
+        # snapshots: Tune writes one at the end, not every 10 s (each one serialises every trial's state).
+        snapshots = nullcontext() if "TUNE_GLOBAL_CHECKPOINT_S" in os.environ else _environment(
+            TUNE_GLOBAL_CHECKPOINT_S=str(TUNE_SNAPSHOT_SECONDS))
+        with progress, snapshots:
+            try:
+                tuner.fit()
+            except (TypeError, pickle.PicklingError) as error:
+                if not isinstance(error, pickle.PicklingError) and "pickle" not in str(error):
+                    raise
+                raise MedxpError(f"Ray Tune could not serialise the search's state ({error}) in "
+                                 f"{_innermost_frames(error)}; the study keeps every trial told so far: "
+                                 "run the search again to resume it") from error
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Sets environment variables for the block, then removes them."""
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name in values:
+            os.environ.pop(name, None)
+
+
+def _innermost_frames(error: BaseException, count: int = 8) -> str:
+    """`file:line function` of the innermost frames of `error`, innermost first: where a library failed."""
+    frames = traceback.extract_tb(error.__traceback__)[-count:]
+    return " <- ".join(f"{Path(frame.filename).name}:{frame.lineno} {frame.name}" for frame in reversed(frames))
 
 
 def start_ray(num_cpus: int = 0) -> bool:
