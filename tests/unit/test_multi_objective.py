@@ -150,6 +150,29 @@ def test_a_config_takes_objectives_a_select_rule_and_nsga2():
     assert config_with().search.objectives == () and config_with().search.select == ""
 
 
+def test_the_nsga2_sampler_pickles_and_samples_on_after_a_round_trip(tmp_path):
+    """Tune pickles the searcher with its study and sampler into tuner.pkl when a search starts; Optuna's
+    genetic samplers hold a thread lock (from 5.1). The round trip keeps the sampler's state and gives it
+    a working lock back."""
+    import ray.cloudpickle
+
+    settings = config_with(**{"search.objectives": "[val_f1_macro:max, infer_ms:min]", "search.sampler": "nsga2",
+                              "search.startup_trials": 4, "search.seed": 3}).search
+    sampler = create_sampler(settings, 0)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}", directions=["maximize", "minimize"],
+                                sampler=sampler)
+    study.optimize(lambda trial: (trial.suggest_float("x", 0, 1), trial.suggest_float("y", 0, 1)), n_trials=6)
+    copy = ray.cloudpickle.loads(ray.cloudpickle.dumps(study))  # what tuner.pkl holds
+    assert copy.sampler is not sampler and copy.sampler.population_size == 4
+    locks = {name for name, value in vars(sampler).items() if hasattr(value, "acquire")}
+    assert {name for name, value in vars(copy.sampler).items() if hasattr(value, "acquire")} == locks
+    for name in locks:  # fresh, free locks
+        assert getattr(copy.sampler, name) is not getattr(sampler, name) and getattr(copy.sampler, name).acquire(False)
+        getattr(copy.sampler, name).release()
+    copy.optimize(lambda trial: (trial.suggest_float("x", 0, 1), trial.suggest_float("y", 0, 1)), n_trials=2)
+    assert len(copy.trials) == 8 and all(t.state == TrialState.COMPLETE for t in copy.trials)
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"search.objectives": "[val_accuracy:max, infer_ms:fast]"}, "overrides: 'search.objectives' entry "
                                                                  "'infer_ms:fast': expected <metric>:<max|min>"),

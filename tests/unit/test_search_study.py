@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import optuna
@@ -200,9 +199,12 @@ def test_after_the_last_rung_a_trial_is_judged_again_only_until_halfway_to_max_t
     assert report(scheduler, veteran, epoch, 0.9) == decision
 
 
-def test_a_search_whose_tune_state_cannot_be_serialised_says_where_and_keeps_the_study(tmp_path, monkeypatch):
-    """Tune serialises its own state (trials, experiment checkpoints): a failure there is a MedxpError naming
-    the frames it came from, and the trials already told to the study stay there."""
+@pytest.mark.parametrize("failing_step", ["__init__", "fit"])
+def test_a_search_whose_tune_state_cannot_be_serialised_says_where_and_keeps_the_study(tmp_path, monkeypatch,
+                                                                                        failing_step):
+    """Tune pickles the searcher (with its study and sampler) when the Tuner is made, and trials' states
+    while it runs: a failure there is a MedxpError naming the frames it came from, and the trials already
+    told to the study stay there."""
     import threading
 
     import ray.cloudpickle
@@ -217,28 +219,24 @@ def test_a_search_whose_tune_state_cannot_be_serialised_says_where_and_keeps_the
     searcher.suggest("a")
     finish(searcher, "a", 0.7)  # one trial the study already holds
 
+    def save_state():
+        ray.cloudpickle.dumps({"state": threading.Lock()})
+
     class Tuner:
         def __init__(self, *args, **kwargs):
-            pass
+            if failing_step == "__init__":
+                save_state()
 
         def fit(self):
-            snapshot_seconds.append(os.environ.get("TUNE_GLOBAL_CHECKPOINT_S"))
+            save_state()
 
-            def save_experiment_state():
-                ray.cloudpickle.dumps({"state": threading.Lock()})
-            save_experiment_state()
-
-    snapshot_seconds = []
-    monkeypatch.delenv("TUNE_GLOBAL_CHECKPOINT_S", raising=False)
     monkeypatch.setattr(tune, "Tuner", Tuner)
     monkeypatch.setattr(runner, "start_ray", lambda cpus=0: False)
     base = load_project("glaucoma", {"data_dir": str(tmp_path / "data")}, experiment="small_cnn")
     context = TrialContext("sqlite:///x.db", "0", "parent", "twins", "val_accuracy")
     with pytest.raises(MedxpError, match=r"could not serialise the search's state \(cannot pickle '_thread.lock'"
-                                         r".*test_search_study.py:\d+ save_experiment_state") as caught:
+                                         r".*test_search_study.py:\d+ save_state") as caught:
         runner._run_tune(searcher.study, load_search_space(str(tmp_path / "space.yaml")), base, context, 2, tmp_path)
     assert isinstance(caught.value.__cause__, TypeError)
     reloaded = optuna.load_study(study_name="twins", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [t.state for t in reloaded.trials] == [TrialState.COMPLETE]
-    assert snapshot_seconds == [str(runner.TUNE_SNAPSHOT_SECONDS)]  # Tune snapshots at the end, not every 10 s
-    assert "TUNE_GLOBAL_CHECKPOINT_S" not in os.environ  # set for the search only

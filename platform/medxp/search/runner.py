@@ -69,8 +69,6 @@ EPOCH_METRICS = {"accuracy": "val_accuracy", "f1_macro": "val_f1_macro", "roc_au
 _STATE_NAMES = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 # Where the Optuna study lives when `search.storage` is empty (a cluster's database, say).
 STORAGE_ENV = "MEDXP_SEARCH_STORAGE"
-# Seconds between Tune's experiment snapshots (`$TUNE_GLOBAL_CHECKPOINT_S` unless the user set it).
-TUNE_SNAPSHOT_SECONDS = 3600
 # The driver's environment variables a trial needs to reach the tracking server; Ray hands them to every worker.
 FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
                  "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_CLIENT_CERT_PATH")
@@ -293,28 +291,17 @@ def _run_tune(study: optuna.Study, space: SearchSpace, base: ExperimentConfig, c
         trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, context=context,
                                                              prior_audit=audit),
                                         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(metric="objective", mode="max", search_alg=searcher, scheduler=scheduler,
-                                        num_samples=new_trials, max_concurrent_trials=settings.max_concurrent,
-                                        time_budget_s=settings.timeout or None, reuse_actors=True),
-            run_config=tune.RunConfig(name=re.sub(r"[^A-Za-z0-9_.-]", "_", context.study_name),
-                                      storage_path=str(home / "ray_results"), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=0)),
-        )
-        # A search resumes from its Optuna study (`StudySearcher.save`), never from Tune's experiment
-        # snapshots: Tune writes one at the end, not every 10 s (each one serialises every trial's state).
-        snapshots = nullcontext() if "TUNE_GLOBAL_CHECKPOINT_S" in os.environ else _environment(
-            TUNE_GLOBAL_CHECKPOINT_S=str(TUNE_SNAPSHOT_SECONDS))
-        with progress, snapshots:
-            try:
-                tuner.fit()
-            except (TypeError, pickle.PicklingError) as error:
-                if not isinstance(error, pickle.PicklingError) and "pickle" not in str(error):
-                    raise
-                raise MedxpError(f"Ray Tune could not serialise the search's state ({error}) in "
-                                 f"{_innermost_frames(error)}; the study keeps every trial told so far: "
-                                 "run the search again to resume it") from error
+        with progress, _serialisation_errors():  # Tune pickles the searcher when the Tuner is made, trials after
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(metric="objective", mode="max", search_alg=searcher, scheduler=scheduler,
+                                            num_samples=new_trials, max_concurrent_trials=settings.max_concurrent,
+                                            time_budget_s=settings.timeout or None, reuse_actors=True),
+                run_config=tune.RunConfig(name=re.sub(r"[^A-Za-z0-9_.-]", "_", context.study_name),
+                                          storage_path=str(home / "ray_results"), verbose=0,
+                                          failure_config=tune.FailureConfig(max_failures=0)),
+            )
+            tuner.fit()
     finally:
         if started_ray:
             import ray
@@ -323,14 +310,20 @@ def _run_tune(study: optuna.Study, space: SearchSpace, base: ExperimentConfig, c
 
 
 @contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    """Sets environment variables for the block, then removes them."""
-    os.environ.update(values)
+def _serialisation_errors() -> Iterator[None]:
+    """A pickling failure inside Ray Tune becomes a MedxpError naming the frames it came from.
+
+    Raises:
+        MedxpError: Tune could not serialise the searcher, the scheduler or a trial's state.
+    """
     try:
         yield
-    finally:
-        for name in values:
-            os.environ.pop(name, None)
+    except (TypeError, pickle.PicklingError) as error:
+        if not isinstance(error, pickle.PicklingError) and "pickle" not in str(error):
+            raise
+        raise MedxpError(f"Ray Tune could not serialise the search's state ({error}) in "
+                         f"{_innermost_frames(error)}; the study keeps every trial told so far (a search of the "
+                         "same name resumes from it)") from error
 
 
 def _innermost_frames(error: BaseException, count: int = 8) -> str:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -331,6 +332,34 @@ def search_home(tracking_uri: str) -> Path:
     return Path.cwd()
 
 
+_LOCKS = "_medxp_locks"  # in a pickled sampler's state: the names of the locks left out, and their kinds
+_LOCK_KINDS = {type(threading.Lock()): "lock", type(threading.RLock()): "rlock"}
+
+
+class NSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, picklable.
+
+    Tune pickles the searcher, with its study and the study's sampler, into `tuner.pkl` when the
+    search starts; Optuna's genetic samplers (from 5.1) hold a thread lock and pickle it. The locks
+    are left out of the pickled state and made anew when it is read back.
+    """
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        locks = {name: _LOCK_KINDS[type(value)] for name, value in state.items() if type(value) in _LOCK_KINDS}
+        for name in locks:
+            del state[name]
+        state[_LOCKS] = locks
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        locks = state.pop(_LOCKS, {})
+        self.__dict__.update(state)
+        for name, kind in locks.items():
+            setattr(self, name, threading.RLock() if kind == "rlock" else threading.Lock())
+
+
 def create_sampler(settings: SearchConfig, previous_trials: int) -> optuna.samplers.BaseSampler:
     """TPE (default), random or NSGA-II (generations of `startup_trials` trials, at least 4), seeded; a resumed
     study shifts the seed so it does not replay its first draws. TPE and NSGA-II handle several objectives."""
@@ -338,7 +367,7 @@ def create_sampler(settings: SearchConfig, previous_trials: int) -> optuna.sampl
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if settings.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=nsga2_population(settings))
+        return NSGAIISampler(seed=seed, population_size=nsga2_population(settings))
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=settings.startup_trials, constant_liar=True)
 
 
