@@ -38,7 +38,8 @@ vanilla is a higher best at the same epochs spent: for each trial count and seed
 best finished value once they have spent E = min(medxp's epochs, vanilla's epochs) epochs in all
 (epochs and completions taken in time order).
 
-    python bench/search_efficiency.py               # pneumoniamnist: about an hour on 2 busy cores (grid 15-20 min)
+    python bench/search_efficiency.py               # pneumoniamnist: about 30 min on 2 quiet cores (grid about 5 min,
+                                                    # a search of 8 trials 1-2.5 min, of 12 trials 1.5-3 min)
     python bench/search_efficiency.py --data demo   # generated data: about 50 minutes
     python bench/search_efficiency.py --reuse-grid  # the grid from the last results file of the same data and budget
     python bench/search_efficiency.py --quick       # a tiny budget, a smoke check: 5 to 15 minutes
