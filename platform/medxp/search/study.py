@@ -332,8 +332,8 @@ def search_home(tracking_uri: str) -> Path:
     return Path.cwd()
 
 
-_LOCKS = "_medxp_locks"  # in a pickled sampler's state: the names of the locks left out, and their kinds
-_LOCK_KINDS = {type(threading.Lock()): "lock", type(threading.RLock()): "rlock"}
+_LOCKS = "_medxp_locks"  # in a pickled sampler's state: the names of the locks left out, and what makes each
+_LOCK_FACTORIES = {type(threading.Lock()): threading.Lock, type(threading.RLock()): threading.RLock}
 
 
 class NSGAIISampler(optuna.samplers.NSGAIISampler):
@@ -346,18 +346,18 @@ class NSGAIISampler(optuna.samplers.NSGAIISampler):
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        locks = {name: _LOCK_KINDS[type(value)] for name, value in state.items() if type(value) in _LOCK_KINDS}
+        locks = {name: _LOCK_FACTORIES[type(value)] for name, value in state.items()
+                 if type(value) in _LOCK_FACTORIES}
         for name in locks:
             del state[name]
         state[_LOCKS] = locks
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        state = dict(state)
         locks = state.pop(_LOCKS, {})
         self.__dict__.update(state)
-        for name, kind in locks.items():
-            setattr(self, name, threading.RLock() if kind == "rlock" else threading.Lock())
+        for name, factory in locks.items():
+            setattr(self, name, factory())
 
 
 def create_sampler(settings: SearchConfig, previous_trials: int) -> optuna.samplers.BaseSampler:
