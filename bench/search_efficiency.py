@@ -41,7 +41,8 @@ best finished value once they have spent E = min(medxp's epochs, vanilla's epoch
     python bench/search_efficiency.py               # pneumoniamnist: about 30 min on 2 quiet cores (grid about 5 min,
                                                     # a search of 8 trials 1-2.5 min, of 12 trials 1.5-3 min)
     python bench/search_efficiency.py --data demo   # generated data: about 50 minutes
-    python bench/search_efficiency.py --reuse-grid  # the grid from the last results file of the same data and budget
+    python bench/search_efficiency.py --reuse-grid  # the grid from the last results file of the same data, budget
+                                                    # and project defaults
     python bench/search_efficiency.py --quick       # a tiny budget, a smoke check: 5 to 15 minutes
 
 Writes bench/results/search_efficiency_<data>.json (`_quick` appended with --quick).
@@ -195,7 +196,7 @@ def run_grid(args: argparse.Namespace, workdir: Path) -> dict:
 
 
 def saved_grid(args: argparse.Namespace, out: Path) -> dict | None:
-    """The grid of an earlier run of this bench on the same data and budget, if asked for and there."""
+    """The grid of an earlier run of this bench on the same data, budget and project defaults, if asked for and there."""
     if not args.reuse_grid or not out.exists():
         return None
     grid = json.loads(out.read_text()).get("grid", {})
