@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from statistics import fmean
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,22 +113,22 @@ def run_main(name: str, args: argparse.Namespace, workdir: Path, split_seed: int
 
 def gradient_boosting_anchor(name: str, data_dir: str, split_seed: int) -> dict:
     """Test accuracy and macro F1 of HistGradientBoosting with scikit-learn's defaults, fitted on the train
-    and validation rows of the project's split at `split_seed` and scored on its test rows."""
+    and validation rows of the project's split at `split_seed` (the rows medxp's run gets, from the
+    project's own data module) and scored on its test rows."""
     import numpy as np
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import accuracy_score, f1_score
 
     from medxp.config import load_project
-    from medxp.data.splits import split_three
-    from medxp.data.tabular import find_csv, read_table
+    from medxp.data.tabular import create_tabular_datamodule
+    from medxp.training.estimator import split_arrays
 
-    config = load_project(name, {"data_dir": data_dir, "data.split_seed": split_seed})
-    table = read_table(find_csv(Path(data_dir), config.dataset), config.dataset)
-    rows = split_three(table.labels, config.data.split_fractions, split_seed, what=str(table.path))
-    fit_rows = np.concatenate([rows["train"], rows["valid"]])
-    model = HistGradientBoostingClassifier(random_state=0).fit(table.features[fit_rows], table.labels[fit_rows])
-    predicted = model.predict(table.features[rows["test"]])
-    truth = table.labels[rows["test"]]
+    data = create_tabular_datamodule(load_project(name, {"data_dir": data_dir, "data.split_seed": split_seed}))
+    (train, train_labels), (valid, valid_labels), (test, truth) = (split_arrays(data, split)
+                                                                   for split in ("train", "valid", "test"))
+    model = HistGradientBoostingClassifier(random_state=0).fit(np.concatenate([train, valid]),
+                                                               np.concatenate([train_labels, valid_labels]))
+    predicted = model.predict(test)
     return {"accuracy": float(accuracy_score(truth, predicted)),
             "f1_macro": float(f1_score(truth, predicted, average="macro"))}
 
@@ -137,13 +138,9 @@ def across_splits(name: str, runs: list[dict]) -> dict:
     done = [run for run in runs if "error" not in run]
     if not done:
         return runs[0]
-    def average(values) -> float:
-        values = list(values)
-        return float(sum(values) / len(values))
-
-    mean = {key: average(run["test"][key] for run in done)
+    mean = {key: fmean(run["test"][key] for run in done)
             for key in ("accuracy", "roc_auc", "f1_macro") if all(run["test"].get(key) is not None for run in done)}
-    anchor = {key: average(run["anchor_same_split"][key] for run in done) for key in ("accuracy", "f1_macro")}
+    anchor = {key: fmean(run["anchor_same_split"][key] for run in done) for key in ("accuracy", "f1_macro")}
     return {**done[0], "test": {**done[0]["test"], **mean}, "ci95": {},  # a mean over splits has no bootstrap CI
             "split_seeds": [run["split_seed"] for run in done], "anchor_same_split": anchor,
             "wall_s": sum(run["wall_s"] for run in runs), "trials": sum(run["trials"] for run in done),

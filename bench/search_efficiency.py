@@ -144,16 +144,12 @@ def base_overrides(args: argparse.Namespace, workdir: Path) -> dict:
 
 def grid_key(args: argparse.Namespace) -> dict:
     """What the grid's figures depend on: a saved grid with another key is run again."""
-    import dataclasses
-    import hashlib
-
     from medxp.config import load_project
+    from medxp.flows.series import config_hash
 
     # The project's resolved defaults (class weights, schedule, model...) the grid trained with.
     defaults = load_project(project(args), experiment=EXPERIMENT.get(project(args)))
-    key = {"data": args.data, "epochs": args.epochs,
-           "project_sha256": hashlib.sha256(json.dumps(dataclasses.asdict(defaults), sort_keys=True,
-                                                       default=str).encode()).hexdigest()[:16]}
+    key = {"data": args.data, "epochs": args.epochs, "project_sha256": config_hash(defaults)[:16]}
     if args.data == "demo":
         key.update(images_per_class=args.images_per_class, folds=args.folds, image_size=args.image_size)
     else:
