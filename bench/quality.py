@@ -167,11 +167,12 @@ def read_main_run(name: str, env: dict, primary: str) -> dict:
                  for key in ("accuracy", "roc_auc", "f1_macro")}
     return {"test": picked, "ci95": intervals, "positive_class": tags.get("eval.positive_class"),
             "threshold": metrics.get("operating_threshold"), "threshold_split": tags.get("eval.threshold_split"),
-"trials": len(children),
+            "trials": len(children),
             "trial_states": {state: sum(run.data.tags.get(STATE_TAG) == state for run in children)
                              for state in {run.data.tags.get(STATE_TAG) for run in children}},
             "best_trial": tags.get("best_trial"), "best_params": best.data.params if best else {},
             "primary_metric": primary, "best_val": best.data.metrics.get(f"valid_{primary}") if best else None,
+            "best_cv_mean": best.data.metrics.get(f"cv_{primary}_mean") if best else None,
             "run_id": main.info.run_id}
 
 

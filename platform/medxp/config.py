@@ -181,6 +181,10 @@ class SearchConfig:
     of training the same model again, unless `rerun_duplicates` is true.
     `ensemble_top` (the main flow): with K >= 2, the mean of the K best finished trials' models
     is scored on validation and registered instead of the best trial's when it scores higher there.
+    `cv_folds` (0: off): with K >= 2 a trial's objective is the mean of `val_<eval.primary_metric>` over
+    stratified K-fold of the train + valid pool (`medxp.training.estimator.cross_validate`), the
+    model it logs still fitted on train; for models fitted in one call (`hist_gradient_boosting`),
+    single-objective searches only.
     `objectives` (`"<metric>:<max|min>"`, e.g. `[val_f1_macro:max, infer_ms:min]`; empty: the single
     `val_<eval.primary_metric>`): with two or more the study is multi-objective, ASHA prunes on the
     first (a per-epoch validation metric, maximised), and `select` (`max val_f1_macro where
@@ -203,6 +207,7 @@ class SearchConfig:
     seed: int = 42
     rerun_duplicates: bool = False
     ensemble_top: int = 0
+    cv_folds: int = 0
     storage: str = ""
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -737,6 +742,8 @@ def _search_checks(search: SearchConfig, train_epochs: int) -> list[tuple[str, b
         ("search.ray_cpus", search.ray_cpus >= 0, "a CPU count >= 0 (0: all cores)"),
         ("search.ensemble_top", search.ensemble_top >= 0 and search.ensemble_top != 1,
          "0 (the best trial alone) or a count >= 2 of best trials to average"),
+        ("search.cv_folds", search.cv_folds >= 0 and search.cv_folds != 1 and not (search.cv_folds and len(search.objectives) > 1),
+         "0 (trials judged on valid) or a fold count >= 2, with one objective (a Pareto front weighs valid metrics)"),
     ]
 
 

@@ -298,3 +298,58 @@ def test_a_space_over_both_models_limits_each_key_with_when(tmp_path):
                     "lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n")
     with pytest.raises(MedxpError, match=rf"searches train.lr, which model '{MODEL}' does not read"):
         load_search_space(path).check_against(load_project("fetal_health"))
+
+
+# ----------------------------------------------------------------------------- a K-fold objective (search.cv_folds)
+
+
+def test_cross_validate_scores_each_held_out_fold_of_train_plus_valid(ctg_root):
+    from medxp.data.pooled_folds import fold_datamodule, pool_folds
+    from medxp.training.estimator import cross_validate
+
+    config = ctg_config(ctg_root)
+    data = create_datamodule(config)
+    scores = cross_validate(config, data, 4, "f1_macro")
+    assert len(scores) == 4 and all(0.5 < score <= 1.0 for score in scores)  # the demo's classes are learnable
+    assert cross_validate(config, data, 4, "f1_macro") == scores  # seeded folds, seeded fits
+    # The folds partition the train + valid pool; the test split is not among them.
+    pool = len(data.datasets["train"]) + len(data.datasets["valid"])
+    held_out = np.concatenate([part for _, part in pool_folds(data, 4, config)])
+    assert sorted(held_out) == list(range(pool))
+    fold = fold_datamodule(data, *pool_folds(data, 4, config)[0])
+    assert fold.datasets["test"] is data.datasets["test"]
+    # A worse configuration scores worse on the same folds: the objective tells settings apart.
+    stump = cross_validate(ctg_config(ctg_root, **{"model.gb_max_iter": 1, "model.gb_max_leaf_nodes": 2}), data, 4,
+                           "f1_macro")
+    assert np.mean(stump) < np.mean(scores)
+
+
+def test_a_k_fold_objective_is_refused_for_a_model_trained_by_gradient_steps(ctg_root):
+    from medxp.search import run_search
+    from medxp.training.estimator import cross_validate
+
+    config = ctg_config(ctg_root, **{"model": "mlp", "search.space": "fetal_health_mlp", "search.cv_folds": 3})
+    with pytest.raises(MedxpError, match=r"'search.cv_folds' = 3: model 'mlp' trains by gradient steps.*"
+                                         r"expected search.cv_folds: 0"):
+        run_search(config)  # before any run or trial starts
+    with pytest.raises(MedxpError, match="'search.cv_folds' = 3: model 'mlp'"):
+        cross_validate(config, create_datamodule(config), 3, "f1_macro")  # a trial whose space sampled the MLP
+
+
+@pytest.mark.parametrize("overrides", [{"search.cv_folds": 1}, {"search.cv_folds": -2},
+                                       {"search.cv_folds": 3, "search.objectives": ["val_f1_macro:max", "infer_ms:min"]}])
+def test_a_bad_fold_count_is_refused_naming_the_key(overrides):
+    with pytest.raises(MedxpError, match=r"'search.cv_folds'.*a fold count >= 2, with one objective"):
+        load_project("fetal_health", overrides)
+
+
+def test_the_project_judges_boosting_trials_by_5_fold_cv_and_its_mlp_experiments_on_valid():
+    from medxp.search.report import objective_lines
+
+    assert load_project("fetal_health").search.cv_folds == 5
+    # The search run's description says what its best value is.
+    [line] = objective_lines(load_project("fetal_health"))
+    assert "averaged over 5 stratified folds of train + valid (`cv_f1_macro_mean`" in line
+    assert "validation F1" in objective_lines(load_project("fetal_health", experiment="mlp"))[0]
+    assert load_project("fetal_health", experiment="mlp").search.cv_folds == 0
+    assert load_project("fetal_health", experiment="mlp_class_weights").search.cv_folds == 0

@@ -91,3 +91,21 @@ def test_members_that_disagree_fall_back_to_the_best_trial(fake_ensembles):
 def test_ensemble_top_of_one_is_refused():
     with pytest.raises(MedxpError, match="search.ensemble_top"):
         config(1)
+
+
+def test_trials_ranked_by_k_fold_means_weigh_the_ensemble_against_the_best_trials_own_valid(fake_ensembles, monkeypatch):
+    """With `search.cv_folds` the search's best value is a K-fold mean; the ensemble is compared with the best
+    trial's validation value, on the same split."""
+    scored = []
+
+    def best_on_valid(model, data, split, config):
+        scored.append(split)
+        return SimpleNamespace(metrics={"roc_auc": 0.95})
+
+    monkeypatch.setattr("medxp.flows.search_register.evaluate_inference_model", best_on_valid)
+    cv = load_project("fetal_health", {"search.ensemble_top": 2, "eval.primary_metric": "roc_auc"})
+    fake_ensembles.value = 0.93  # above the best trial's K-fold mean (0.90), below its valid value
+    tracker, best = NullTracker(), torch.nn.Linear(1, 1)
+    assert select_model(search_result(), best, None, cv, tracker) == (best, "models:/m-four")
+    assert scored == ["valid"] and tracker.latest("valid_roc_auc_best_trial") == pytest.approx(0.95)
+    assert tracker.tags["medxp.selected"].startswith("trial 4: val roc_auc 0.9500")

@@ -4,7 +4,7 @@ Where the folds come from (`cv.source`):
 
 - `dataset`: the data's own folds (layout `folds`: Fold0..FoldK-1, each with its own
   train/valid/test); fold k is an ordinary run with `data.fold = k`.
-- `stratified`: scikit-learn's StratifiedKFold (through `medxp.data.splits.stratified_folds`)
+- `stratified`: scikit-learn's StratifiedKFold (`medxp.data.pooled_folds`)
   over the pooled train + valid images of any layout, grouped by patient when
   `data.patient_id_pattern` is set; the test split stays fixed and fold k validates on
   the k-th held-out part. The pixels are decoded once; each fold re-indexes them.
@@ -20,7 +20,6 @@ on; the summary covers the finished folds and its `count` says how many.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import time
@@ -31,13 +30,12 @@ from typing import Any, Callable
 import mlflow
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 
 from medxp.config import ExperimentConfig
 from medxp.data import DataModule, create_datamodule
-from medxp.data.datamodule import ArrayDataset, ensure_data
-from medxp.data.splits import patient_ids, split_hash, stratified_folds
+from medxp.data.datamodule import ensure_data
+from medxp.data.pooled_folds import fold_datamodule, pool_folds
 from medxp.data.synthetic import is_generated
 from medxp.errors import MedxpError
 from medxp.pipeline import run_experiment
@@ -173,60 +171,10 @@ def stratified_plan(config: ExperimentConfig) -> tuple[list[Fold], bool]:
     """
     fold_count = config.cv.folds or DEFAULT_STRATIFIED_FOLDS
     base = create_datamodule(config)
-    pairs = _pool_folds(base, fold_count, config)
+    pairs = pool_folds(base, fold_count, config)
     folds = [Fold(k, config, partial(fold_datamodule, base, train, held_out))
              for k, (train, held_out) in enumerate(pairs)]
     return folds, base.synthetic
-
-
-def _pool_folds(base: DataModule, fold_count: int, config: ExperimentConfig) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, held-out) indices into the train + valid pool, grouped by patient when a pattern is set."""
-    labels = np.concatenate([base.datasets[split].labels.numpy() for split in ("train", "valid")])
-    pool_files = base.files.get("train", []) + base.files.get("valid", [])
-    pattern = config.data.patient_id_pattern
-    groups = patient_ids([path for path, _ in pool_files], pattern) if pattern and pool_files else None
-    try:
-        return stratified_folds(labels, fold_count, config.data.split_seed, groups)
-    except ValueError as error:
-        counts = dict(zip(*np.unique(labels, return_counts=True)))
-        raise MedxpError(f"'cv.folds' = {fold_count}: cannot split the {len(labels)} train + valid images of "
-                         f"{base.root} (per label: {counts}) into stratified folds; expected at least "
-                         f"{fold_count} images (or patients) per class ({error})") from None
-
-
-def fold_datamodule(base: DataModule, train: np.ndarray, held_out: np.ndarray) -> DataModule:
-    """`base` with train and valid re-drawn from their pool: `train` trains, `held_out` validates.
-
-    Args:
-        base: The data module as the source split it (its test split is kept).
-        train: Indices into the pool (base train rows, then base valid rows).
-        held_out: Indices into the pool; the fold's validation split.
-    """
-    pool_images = torch.cat([base.datasets["train"].images, base.datasets["valid"].images])
-    pool_labels = torch.cat([base.datasets["train"].labels, base.datasets["valid"].labels]).numpy()
-    pool_files = base.files.get("train", []) + base.files.get("valid", [])
-    # A tabular module refits its standardisation on the fold's train rows.
-    train_transform, valid_transform, extra = base.fold_transforms(pool_images[train].numpy())
-    datasets = {
-        "train": ArrayDataset(pool_images[train].numpy(), pool_labels[train], train_transform),
-        "valid": ArrayDataset(pool_images[held_out].numpy(), pool_labels[held_out], valid_transform),
-        "test": base.datasets["test"],
-    }
-    names = _item_names(base, pool_files, len(pool_labels))
-    # Array sources (MedMNIST) list no files: their splits keep the (empty) lists they have.
-    files = ({**base.files, "train": [pool_files[i] for i in train], "valid": [pool_files[i] for i in held_out]}
-             if pool_files else base.files)
-    hashed = split_hash({"train": [names[i] for i in train], "valid": [names[i] for i in held_out],
-                         "test": _item_names(base, base.files.get("test", []), len(datasets["test"]), "test")})
-    return dataclasses.replace(base, datasets=datasets, files=files, split_hash=hashed, **extra)
-
-
-def _item_names(base: DataModule, files: list, count: int, prefix: str = "pool") -> list[str]:
-    """Stable names of items for the split hash: paths relative to the data root, else row numbers."""
-    if files:
-        return [path.relative_to(base.root).as_posix() if path.is_relative_to(base.root) else str(path)
-                for path, _ in files]
-    return [f"{prefix}{i}" for i in range(count)]
 
 
 # ---------------------------------------------------------------- running a fold

@@ -21,7 +21,7 @@ from torch import nn
 from medxp.config import ExperimentConfig
 from medxp.data import DataModule
 from medxp.errors import MedxpError
-from medxp.pipeline import evaluate_and_record, example_batch, open_logged_model
+from medxp.pipeline import evaluate_and_record, evaluate_inference_model, example_batch, open_logged_model
 from medxp.tracking.mlflow_tracker import MlflowTracker
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,8 @@ def select_model(search: Any, model: nn.Module, data: DataModule, best: Experime
     """The best trial's model, or the mean of the `search.ensemble_top` best trials' when it scores higher on valid.
 
     Selection uses the validation split only; the test split is scored once, afterwards, on the
-    model chosen here. The run records both validation values and the tag `medxp.selected`.
+    model chosen here. A search ranked by K-fold means (`search.cv_folds`) weighs the ensemble against
+    the best trial's own validation value, not its K-fold mean. The run records both validation values and the tag `medxp.selected`.
     A multi-objective search's chosen trial is kept as it is: tag `medxp.selected` says why.
     """
     from medxp.search.report import single_metric
@@ -107,14 +108,17 @@ def select_model(search: Any, model: nn.Module, data: DataModule, best: Experime
         tracker.set_tags({"medxp.selected": f"{single} (no ensemble: {str(error)[:300]})"})
         return model, search.best_model_uri
     trials = ", ".join(str(number) for number, _, _ in members)
-    tracker.log_metrics({f"valid_{metric}_best_trial": float(search.best_value),
+    single_value = float(search.best_value)
+    if best.search.cv_folds:  # ranked on their K-fold means: the ensemble and the best trial are weighed on valid
+        single_value = evaluate_inference_model(model, data, "valid", best).metrics[metric]
+    tracker.log_metrics({f"valid_{metric}_best_trial": single_value,
                          f"valid_{metric}_ensemble_top{len(members)}": float(ensemble_value)})
-    if not ensemble_value > search.best_value:
-        tracker.set_tags({"medxp.selected": f"{single}: val {metric} {search.best_value:.4f}, the mean of trials "
+    if not ensemble_value > single_value:
+        tracker.set_tags({"medxp.selected": f"{single}: val {metric} {single_value:.4f}, the mean of trials "
                                             f"{trials} {ensemble_value:.4f}"})
         return model, search.best_model_uri
     log.info("the mean of trials %s scores val %s %.4f > %.4f (trial %s alone): registering the ensemble",
-             trials, metric, ensemble_value, search.best_value, search.best_trial_number)
+             trials, metric, ensemble_value, single_value, search.best_trial_number)
     tracker.set_tags({"medxp.selected": f"ensemble of trials {trials}: val {metric} {ensemble_value:.4f} > "
-                                        f"{search.best_value:.4f} ({single} alone)", "model": "ensemble"})
+                                        f"{single_value:.4f} ({single} alone)", "model": "ensemble"})
     return ensemble, log_ensemble(ensemble, tracker, example_batch(data))

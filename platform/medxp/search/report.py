@@ -198,8 +198,8 @@ def objective_lines(config: Any) -> list[str]:
     that ASHA prunes on the first, and the select rule."""
     settings = config.search
     if len(settings.objectives) < 2:
-        return [f"- **Objective**: {objective_phrase(config, single_metric(config))}, maximised. The search never "
-                "scores the test split."]
+        return [f"- **Objective**: {objective_phrase(config, single_metric(config))}, maximised. "
+                "The search never scores the test split."]
     from medxp.objectives import parse_objectives, parse_select
 
     objectives = parse_objectives(settings.objectives)
@@ -222,7 +222,8 @@ def search_outcome(result: Any, config: Any = None, plots: list[str] | None = No
         lines.append(f"**No trial finished**: nothing to choose (trials per state: {counts}); "
                      "see the failed trials' runs below this one (tags `medxp.trial_state`, `medxp.error`).")
     else:
-        metric = objective_phrase(config, single_metric(config)) if config is not None else "validation objective"
+        metric = (objective_phrase(config, single_metric(config)) if config is not None
+                  else "validation objective")
         params = ", ".join(f"`{key}` = {shown(value)}" for key, value in result.best_params.items())
         run = getattr(result, "best_run_name", "") or result.best_run_id
         run = f" (run `{run}`)" if run else ""
@@ -264,6 +265,10 @@ def objective_phrase(config: Any, metric: str | None = None) -> str:
     metric = metric or config.eval.primary_metric
     names = [str(name) for name in config.dataset.class_names]
     phrase = f"validation {_METRIC_NAMES.get(metric, metric)} (`valid_{metric}`"
+    if config.search.cv_folds:
+        phrase = (f"held-out {_METRIC_NAMES.get(metric, metric)} averaged over {config.search.cv_folds} stratified "
+                  f"folds of train + valid (`cv_{metric}_mean`, `search.cv_folds`; the trial's logged model is its "
+                  "fit on train")
     if metric == "roc_auc":
         rule = f"positive class `{config.dataset.positive_class}`, threshold-free" if len(names) == 2 \
             else "one-vs-rest, macro average, threshold-free"

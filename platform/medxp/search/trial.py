@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import mlflow
+import numpy as np
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
@@ -111,6 +112,8 @@ def run_trial(tune_config: dict, *, base: ExperimentConfig, context: TrialContex
         result = run_experiment(config, tracker, callbacks=[TuneReporter(context.epoch_metric, tracker.run_id)],
                                 log_model=True, progress=False, data=data, splits=("valid",))
         final = final_objectives(context, result)  # in the run: a missing metric fails it, saying why
+        if config.search.cv_folds:
+            final = {OBJECTIVE: cv_objective(config, result.data, tracker)}
     history = result.fit.history
     tune.report({**final, EPOCH: len(history), FINISHED: True, RUN_ID: tracker.run_id,
                  MODEL_URI: result.model_uri or "",
@@ -129,6 +132,24 @@ def final_objectives(context: TrialContext, result: Any) -> dict[str, Any]:
     values = objective_values(parse_objectives(context.objectives), result.evaluations["valid"].metrics,
                               result.cost)
     return {OBJECTIVE: values[0], OBJECTIVE_VALUES: values}
+
+
+def cv_objective(config: ExperimentConfig, data: DataModule, tracker: MlflowTracker) -> float:
+    """The trial's objective with `search.cv_folds` = K: the mean `val_<eval.primary_metric>` over K stratified
+    folds of the train + valid pool, logged as `cv_<metric>_mean` and `cv_<metric>_std` with one
+    `cv_<metric>` value per fold (step = fold); the trial's `val_*` metrics and model stay those of
+    its fit on train."""
+    from medxp.training.estimator import cross_validate
+
+    metric, folds = config.eval.primary_metric, config.search.cv_folds
+    scores = cross_validate(config, data, folds, metric)
+    for index, score in enumerate(scores):
+        tracker.log_metrics({f"cv_{metric}": score}, step=index)
+    mean = float(np.mean(scores))
+    tracker.log_metrics({f"cv_{metric}_mean": mean, f"cv_{metric}_std": float(np.std(scores, ddof=1))})
+    tracker.set_tags({"medxp.objective": f"cv_{metric}_mean: the mean val {metric} of {folds}-fold stratified "
+                                         "cross-validation over train + valid (search.cv_folds)"})
+    return mean
 
 
 def placement_tags() -> dict[str, str]:
