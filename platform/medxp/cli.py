@@ -182,8 +182,9 @@ def _main(args: argparse.Namespace) -> None:
     search = result.search
     checks = ", ".join(f"{name} {value:.2f}" for name, value in sorted(result.explain_metrics.items()))
     checks = f"; explanation checks: {checks}" if checks else ""
+    judged = "cv mean" if config.search.cv_folds else "val"
     print(f"search {search.study_name}: {search.state_counts}; best trial {search.best_trial_number} "
-          f"({'cv mean' if config.search.cv_folds else 'val'} {search.best_value:.4f}); test accuracy {result.test_metrics['accuracy']:.4f}; registered "
+          f"({judged} {search.best_value:.4f}); test accuracy {result.test_metrics['accuracy']:.4f}; registered "
           f"{result.registered_name} version {result.registered_version}{checks}. "
           f"Next: medxp promote --dataset {config.dataset.name}")
 

@@ -742,7 +742,8 @@ def _search_checks(search: SearchConfig, train_epochs: int) -> list[tuple[str, b
         ("search.ray_cpus", search.ray_cpus >= 0, "a CPU count >= 0 (0: all cores)"),
         ("search.ensemble_top", search.ensemble_top >= 0 and search.ensemble_top != 1,
          "0 (the best trial alone) or a count >= 2 of best trials to average"),
-        ("search.cv_folds", search.cv_folds >= 0 and search.cv_folds != 1 and not (search.cv_folds and len(search.objectives) > 1),
+        ("search.cv_folds",
+         search.cv_folds >= 0 and search.cv_folds != 1 and not (search.cv_folds and len(search.objectives) > 1),
          "0 (trials judged on valid) or a fold count >= 2, with one objective (a Pareto front weighs valid metrics)"),
     ]
 

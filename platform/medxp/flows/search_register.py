@@ -80,7 +80,8 @@ def select_model(search: Any, model: nn.Module, data: DataModule, best: Experime
 
     Selection uses the validation split only; the test split is scored once, afterwards, on the
     model chosen here. A search ranked by K-fold means (`search.cv_folds`) weighs the ensemble against
-    the best trial's own validation value, not its K-fold mean. The run records both validation values and the tag `medxp.selected`.
+    the best trial's own validation value, not its K-fold mean. The run records both validation values
+    and the tag `medxp.selected`.
     A multi-objective search's chosen trial is kept as it is: tag `medxp.selected` says why.
     """
     from medxp.search.report import single_metric

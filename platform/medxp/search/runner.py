@@ -138,7 +138,9 @@ def run_search(config: ExperimentConfig, *, search_name: str | None = None, pare
     space = load_search_space(config.search.space or config.dataset.name)
     space.check_against(config)
     epoch_metric = _epoch_metric(config)
-    _check_cv_folds(config)
+    from medxp.training.estimator import check_cv_model
+
+    check_cv_model(config.model.name, config.search.cv_folds, config.source)  # before any trial starts
     root = ensure_data(config)  # once, here: trials must never generate the demo data concurrently
     base = trial_base_config(config)
     if config.search.grace_period > base.train.epochs:
@@ -172,16 +174,6 @@ def run_search(config: ExperimentConfig, *, search_name: str | None = None, pare
             _note_stopped(parent, plan, error)
             raise
     return result
-
-
-def _check_cv_folds(config: ExperimentConfig) -> None:
-    """Refuses `search.cv_folds` for a model trained by gradient steps before any trial starts (a trial
-    refuses one its space samples, `medxp.training.estimator.cross_validate`)."""
-    from medxp.models.factory import model_info
-    from medxp.training.estimator import cv_refusal
-
-    if config.search.cv_folds and model_info(config.model.name).trainer != "estimator":
-        raise MedxpError(f"{config.source}: {cv_refusal(config.search.cv_folds, config.model.name)}")
 
 
 def trial_base_config(config: ExperimentConfig) -> ExperimentConfig:

@@ -41,8 +41,7 @@ from medxp.config import DataConfig, ExperimentConfig, TrainConfig
 from medxp.data import DataModule
 from medxp.errors import MedxpError
 from medxp.models.estimator import ESTIMATOR_TRAIN_KEYS, EstimatorFit, EstimatorModel
-from medxp.training.evaluate import evaluate_predictions, fit_prediction_rule
-from medxp.training.loop import predict
+from medxp.training.evaluate import evaluate_splits
 from medxp.training.metrics import classification_metrics
 from medxp.training.optim import class_weight_tensor
 from medxp.training.trainer import FitResult
@@ -143,32 +142,38 @@ def cross_validate(config: ExperimentConfig, data: DataModule, folds: int, metri
     split is not read.
 
     Raises:
-        MedxpError: a model trained by gradient steps (naming `search.cv_folds` and the model), or
-            too few rows per class for `folds` folds.
+        MedxpError: a model trained by gradient steps (`check_cv_model`), or too few rows per class for
+            `folds` folds.
     """
     from medxp.data.pooled_folds import fold_datamodule, pool_folds
     from medxp.models import create_model
 
+    check_cv_model(config.model.name, folds)
     scores = []
     for train, held_out in pool_folds(data, folds, config, key="search.cv_folds"):
         fold = fold_datamodule(data, train, held_out)
         model = create_model(config.model, config.dataset)
-        if not isinstance(model, EstimatorModel):
-            raise MedxpError(cv_refusal(folds, config.model.name))
         EstimatorTrainer(config.train).fit(model, fold)
-        y_true, y_prob = predict(model, fold.evaluation_loader("valid", 4096), torch.device("cpu"))[:2]
-        rule = fit_prediction_rule(y_true, y_prob, data.class_names, config.dataset.positive_class, config.eval)
-        evaluation = evaluate_predictions("valid", y_true, y_prob, data.class_names, config.eval,
-                                          with_intervals=False, rule=rule)
+        evaluation = evaluate_splits(model, {"valid": fold.evaluation_loader("valid", 4096)}, data.class_names,
+                                     config.dataset.positive_class, config.eval, torch.device("cpu"),
+                                     with_intervals=False)["valid"]
         scores.append(float(evaluation.metrics[metric]))
     return scores
 
 
-def cv_refusal(folds: int, model_name: str) -> str:
-    """Why `search.cv_folds` = `folds` is refused for a model trained by gradient steps."""
-    return (f"'search.cv_folds' = {folds}: model '{model_name}' trains by gradient steps, and K refits of each "
-            "trial would multiply the search's time by K; a K-fold objective is for models fitted in one call "
-            "(e.g. hist_gradient_boosting); expected search.cv_folds: 0")
+def check_cv_model(model_name: str, folds: int, origin: str = "") -> None:
+    """Refuses `search.cv_folds` = `folds` (>= 2) for a model trained by gradient steps.
+
+    Raises:
+        MedxpError: naming `origin` (a config's source), the key, the model and what is expected.
+    """
+    from medxp.models.factory import model_info
+
+    if folds and model_info(model_name).trainer != "estimator":
+        raise MedxpError(f"{origin + ': ' if origin else ''}'search.cv_folds' = {folds}: model '{model_name}' trains "
+                         "by gradient steps, and K refits of each trial would multiply the search's time by K; a "
+                         "K-fold objective is for models fitted in one call (e.g. hist_gradient_boosting); "
+                         "expected search.cv_folds: 0")
 
 
 def split_arrays(data: DataModule, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -251,7 +251,7 @@ def _calibration_lines(evaluation: Evaluation) -> list[str]:
 
 def evaluate_splits(model: nn.Module, loaders: Mapping[str, Iterable], class_names: Sequence[str],
                     positive_class: str, config: EvalConfig, device: torch.device,
-                    channels_last: bool = False) -> dict[str, Evaluation]:
+                    channels_last: bool = False, with_intervals: bool = True) -> dict[str, Evaluation]:
     """Predicts every split, fits the prediction rule on ``valid``, and scores each split with it.
 
     Args:
@@ -262,13 +262,14 @@ def evaluate_splits(model: nn.Module, loaders: Mapping[str, Iterable], class_nam
         config: The evaluation settings.
         device: Where the model runs.
         channels_last: Feed images in channels-last memory format.
+        with_intervals: Compute bootstrap confidence intervals (``eval.bootstrap_resamples``).
 
     Returns:
         ``{split: Evaluation}``, each carrying the same rule (``evaluations["valid"].rule``).
     """
     predictions = {split: predict(model, batches, device, channels_last)[:2] for split, batches in loaders.items()}
     rule = fit_prediction_rule(*predictions["valid"], class_names, positive_class, config)
-    return {split: evaluate_predictions(split, y_true, y_prob, class_names, config, rule=rule)
+    return {split: evaluate_predictions(split, y_true, y_prob, class_names, config, with_intervals, rule=rule)
             for split, (y_true, y_prob) in predictions.items()}
 
 
