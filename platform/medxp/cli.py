@@ -184,7 +184,8 @@ def _main(args: argparse.Namespace) -> None:
     checks = f"; explanation checks: {checks}" if checks else ""
     judged = "cv mean" if config.search.cv_folds else "val"
     print(f"search {search.study_name}: {search.state_counts}; best trial {search.best_trial_number} "
-          f"({judged} {search.best_value:.4f}); test accuracy {result.test_metrics['accuracy']:.4f}; registered "
+          f"({judged} {search.best_value:.4f}); test accuracy {result.test_metrics['accuracy']:.4f}"
+          f"{' (refitted on train + valid)' if config.search.refit else ''}; registered "
           f"{result.registered_name} version {result.registered_version}{checks}. "
           f"Next: medxp promote --dataset {config.dataset.name}")
 

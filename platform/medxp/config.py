@@ -185,6 +185,10 @@ class SearchConfig:
     stratified K-fold of the train + valid pool (`medxp.training.estimator.cross_validate`), the
     model it logs still fitted on train; for models fitted in one call (`hist_gradient_boosting`),
     single-objective searches only.
+    `refit` (with `cv_folds`): the main flow fits the chosen model (the best trial, or each member of the
+    ensemble) again on train + valid, with its settings and iteration count, before the test split scores
+    it (`medxp.flows.refit`); multi-class tasks without calibration only, since nothing is left to fit a
+    threshold or temperature on.
     `objectives` (`"<metric>:<max|min>"`, e.g. `[val_f1_macro:max, infer_ms:min]`; empty: the single
     `val_<eval.primary_metric>`): with two or more the study is multi-objective, ASHA prunes on the
     first (a per-epoch validation metric, maximised), and `select` (`max val_f1_macro where
@@ -208,6 +212,7 @@ class SearchConfig:
     rerun_duplicates: bool = False
     ensemble_top: int = 0
     cv_folds: int = 0
+    refit: bool = False
     storage: str = ""
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -643,6 +648,11 @@ def _validate(config: ExperimentConfig, origin: str) -> None:
         ("data.split_fractions", len(config.data.split_fractions) == 3 and min(config.data.split_fractions) > 0
          and abs(sum(config.data.split_fractions) - 1) < 1e-6, "three positive train/valid/test fractions summing to 1"),
         *_search_checks(config.search, config.train.epochs),
+        ("search.refit", not config.search.refit or (config.search.cv_folds >= 2 and len(config.dataset.class_names) != 2
+                                                     and config.eval.calibration == "none"),
+         "false, or true with search.cv_folds >= 2 (trials ranked without the validation rows' sole say), a "
+         "multi-class task and eval.calibration: none (the refit trains on the rows a threshold or temperature "
+         "would be fitted on)"),
     ]
     checks += modality_spec_checks(config.dataset)  # what the modality's contract asks of the spec
     lowered_classes = {name.lower() for name in config.dataset.class_names}

@@ -308,7 +308,7 @@ def _data_section(run: Run, config: ExperimentConfig, synthetic: bool) -> str:
     kind = "GENERATED synthetic demo data (not real patients)" if synthetic else "real data"
     lines = [f"**Data**: {config.dataset.name}, {kind}; fingerprint `{run.data.tags['data.fingerprint']}`; "
              f"classes: {', '.join(config.dataset.class_names)}; "
-             f"{config.dataset.channels}x{config.dataset.image_size}x{config.dataset.image_size} input."]
+             f"{_input_description(config)} input."]
     counts = _class_counts(run.info.run_id)
     for split, per_class in counts.items():
         lines.append(f"- {split}: " + ", ".join(f"{label} {count}" for label, count in per_class.items()))
@@ -340,6 +340,14 @@ def _metrics_section(run: Run, config: ExperimentConfig) -> str:
 def _test_metrics(run: Run) -> list[str]:
     """The run's `test_<metric>` keys, without their CI bounds."""
     return [k for k in run.data.metrics if k.startswith("test_") and not k.endswith(("_ci_low", "_ci_high"))]
+
+
+def _input_description(config: ExperimentConfig) -> str:
+    """`3x64x64` for images, `21 features` for a table."""
+    spec = config.dataset
+    if spec.modality == "tabular":
+        return f"{len(spec.feature_columns)} features" if spec.feature_columns else "tabular"
+    return f"{spec.channels}x{spec.image_size}x{spec.image_size}"
 
 
 def _training_section(run: Run, config: ExperimentConfig) -> str:
@@ -380,8 +388,11 @@ def _estimator_training_section(run: Run, config: ExperimentConfig) -> str:
                   f"{int(metrics.get('restored_epoch', metrics['epochs_trained']))})")
     stopping = (f"early stopping after {train.patience} iterations without improvement of {train.monitor} "
                 "on the validation split" if train.patience else "no early stopping")
-    return (f"**Training**: {run.data.tags.get('model', model.name)} fitted in one call on the train split "
-            f"({settings}){fitted}; class weights {train.class_weights or 'none'}, {stopping}, seed {train.seed}.")
+    refit = run.data.tags.get("medxp.refit")
+    rows = "the train split, then again on train + valid (see Refit)" if refit else "the train split"
+    return (f"**Training**: {run.data.tags.get('model', model.name)} fitted in one call on {rows} "
+            f"({settings}){fitted}; class weights {train.class_weights or 'none'}, {stopping}, seed {train.seed}."
+            + (f" **Refit**: {refit}." if refit else ""))
 
 
 def _model_settings(run: Run, model) -> str:

@@ -249,7 +249,7 @@ def test_weighted_cross_entropy_matches_torch():
 
 
 def test_the_pipeline_fits_evaluates_and_wraps_it_like_any_model(ctg_root):
-    config = ctg_config(ctg_root, **{"eval.calibration": "temperature"})
+    config = ctg_config(ctg_root, **{"eval.calibration": "temperature", "search.refit": False})
     tracker = NullTracker()
     result = run_experiment(config, tracker, log_model=True, progress=False)
     assert result.evaluations["test"].metrics["accuracy"] > 0.7  # the demo's classes are learnable

@@ -63,6 +63,10 @@ def search_explain_register(config: ExperimentConfig, tracker: MlflowTracker, *,
         "best_trial": str(search.best_trial_number), "best_run_id": str(search.best_run_id),
         **search.best_weights})  # the model card states where the registered model's weights came from
     model, model_uri = select_model(search, model, data, best, tracker)
+    if best.search.refit:  # chosen on the search's record; fitted again on train + valid before the test split
+        from medxp.flows.refit import refit_selected
+
+        model, model_uri = refit_selected(model, data, best, tracker, chosen_name(search, model))
     evaluation = evaluate_and_record(model, data, "test", best, tracker)
     explained = explain_model(model, data, best, tracker, num_samples=explain_samples) \
         if data.explainable else None
@@ -72,6 +76,14 @@ def search_explain_register(config: ExperimentConfig, tracker: MlflowTracker, *,
              evaluation.metrics["accuracy"])
     return MainResult(search, evaluation.metrics, version.name, str(version.version),
                       dict(explained.explain_metrics) if explained else {})
+
+
+def chosen_name(search: Any, model: nn.Module) -> str:
+    """`trial 5`, or `the ensemble of trials 5, 2, 9` for the mean `select_model` chose."""
+    members = getattr(model, "members", None)
+    if members is None:
+        return f"trial {search.best_trial_number}"
+    return "the ensemble of trials " + ", ".join(str(number) for number, _, _ in search.ranked_models[:len(members)])
 
 
 def select_model(search: Any, model: nn.Module, data: DataModule, best: ExperimentConfig,

@@ -86,6 +86,11 @@ class EstimatorModel(nn.Module):
         """Fits on (N, F) float32 features and (N,) int labels; validation rows drive early stopping."""
         raise NotImplementedError
 
+    def refit_arrays(self, features: np.ndarray, labels: np.ndarray) -> None:
+        """Fits again on other rows (train + valid, `medxp.flows.refit`): the fitted estimator's settings
+        (class weights and random state included) and its iteration count, no early stopping."""
+        raise NotImplementedError
+
     def raw_logits(self, features: np.ndarray) -> np.ndarray:
         """(N, num_classes) float32 logits of the fitted estimator: softmax gives its probabilities."""
         raise NotImplementedError

@@ -22,9 +22,11 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import numpy as np
+from sklearn.base import clone
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from medxp.config import DatasetSpec, ModelConfig
+from medxp.errors import MedxpError
 from medxp.models.estimator import EstimatorFit, EstimatorModel
 from medxp.models.factory import register_model
 
@@ -87,6 +89,13 @@ class HistGradientBoosting(EstimatorModel):
             estimator.fit(features, labels, X_val=valid_features, y_val=valid_labels,
                           sample_weight_val=valid_weights)
         self.estimator = estimator
+
+    def refit_arrays(self, features: np.ndarray, labels: np.ndarray) -> None:
+        if self.estimator is None:
+            raise MedxpError("hist_gradient_boosting: not fitted; a refit repeats a fitted model's settings and "
+                             "iterations on other rows, expected a model fitted by medxp.training.estimator")
+        estimator = clone(self.estimator).set_params(max_iter=self.iterations, early_stopping=False)
+        self.estimator = estimator.fit(features, labels)
 
     def learned_values(self) -> int:
         """Tree nodes of the fitted estimator (each holds a learned split or leaf value): its parameter count."""
