@@ -140,7 +140,7 @@ def run_search(config: ExperimentConfig, *, search_name: str | None = None, pare
     epoch_metric = _epoch_metric(config)
     from medxp.training.estimator import check_cv_model
 
-    check_cv_model(config.model.name, config.search.cv_folds, config.source)  # before any trial starts
+    check_cv_model(config.model.name, config.search.cv_folds, config.source, config.search.refit)  # before any trial
     root = ensure_data(config)  # once, here: trials must never generate the demo data concurrently
     base = trial_base_config(config)
     if config.search.grace_period > base.train.epochs:

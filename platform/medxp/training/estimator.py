@@ -161,11 +161,12 @@ def cross_validate(config: ExperimentConfig, data: DataModule, folds: int, metri
     return scores
 
 
-def check_cv_model(model_name: str, folds: int, origin: str = "") -> None:
+def check_cv_model(model_name: str, folds: int, origin: str = "", refit: bool = False) -> None:
     """Refuses `search.cv_folds` = `folds` (>= 2) for a model trained by gradient steps.
 
     Raises:
-        MedxpError: naming `origin` (a config's source), the key, the model and what is expected.
+        MedxpError: naming `origin` (a config's source), the key, the model and what is expected
+            (with `refit`, `search.refit: false` too, which `cv_folds: 0` requires).
     """
     from medxp.models.factory import model_info
 
@@ -173,7 +174,7 @@ def check_cv_model(model_name: str, folds: int, origin: str = "") -> None:
         raise MedxpError(f"{origin + ': ' if origin else ''}'search.cv_folds' = {folds}: model '{model_name}' trains "
                          "by gradient steps, and K refits of each trial would multiply the search's time by K; a "
                          "K-fold objective is for models fitted in one call (e.g. hist_gradient_boosting); "
-                         "expected search.cv_folds: 0")
+                         f"expected search.cv_folds: 0{' and search.refit: false' if refit else ''}")
 
 
 def split_arrays(data: DataModule, split: str) -> tuple[np.ndarray, np.ndarray]:
