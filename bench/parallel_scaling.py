@@ -115,16 +115,18 @@ def main() -> None:
             if row.get("trials_s") and rows[0].get("trials_s"):  # the same trials: the phase's speed-up
                 row["trial_phase_speedup"] = ((rows[0]["trials_s"] / rows[0]["trials"])
                                               / (row["trials_s"] / row["trials"]))
+            nan = float("nan")
             print(f"{number:>6} {row['concurrent']:>10} {row['trials']:>7} {row['wall_s']:>8.0f} "
-                  f"{row['trials_per_hour']:>9.1f} {row['speedup']:>8.2f}x   {row.get('startup_s', float('nan')):>10.1f} "
-                  f"{row.get('trials_s', float('nan')):>9.1f} {row.get('wind_down_s', float('nan')):>11.1f} "
-                  f"{row.get('trial_phase_speedup', float('nan')):>20.2f}x")
+                  f"{row['trials_per_hour']:>9.1f} {row['speedup']:>8.2f}x   {row.get('startup_s', nan):>10.1f} "
+                  f"{row.get('trials_s', nan):>9.1f} {row.get('wind_down_s', nan):>11.1f} "
+                  f"{row.get('trial_phase_speedup', nan):>20.2f}x")
     medians = {}
     for index, concurrent in enumerate(args.concurrency):
         medians[concurrent] = {key: statistics.median(rows[index].get(key, float("nan")) for rows in repeats)
                                for key in ("speedup", "trial_phase_speedup")}
-        print(f"median over {args.repeats} repeat(s), {concurrent} concurrent: speed-up "
-              f"{medians[concurrent]['speedup']:.2f}x, trial-phase speed-up {medians[concurrent]['trial_phase_speedup']:.2f}x")
+        median = medians[concurrent]
+        print(f"median over {args.repeats} repeat(s), {concurrent} concurrent: speed-up {median['speedup']:.2f}x, "
+              f"trial-phase speed-up {median['trial_phase_speedup']:.2f}x")
     print("speed-up: trials per hour over the whole search (the goal's figure); trial-phase speed-up: over the span "
           "from the first trial run opened to the last closed, without the start-up both runs pay once")
     RESULTS.mkdir(exist_ok=True)

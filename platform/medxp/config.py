@@ -648,7 +648,8 @@ def _validate(config: ExperimentConfig, origin: str) -> None:
         ("data.split_fractions", len(config.data.split_fractions) == 3 and min(config.data.split_fractions) > 0
          and abs(sum(config.data.split_fractions) - 1) < 1e-6, "three positive train/valid/test fractions summing to 1"),
         *_search_checks(config.search, config.train.epochs),
-        ("search.refit", not config.search.refit or (config.search.cv_folds >= 2 and len(config.dataset.class_names) != 2
+        ("search.refit", not config.search.refit or (config.search.cv_folds >= 2
+                                                     and len(config.dataset.class_names) != 2
                                                      and config.eval.calibration == "none"),
          "false, or true with search.cv_folds >= 2 (trials ranked without the validation rows' sole say), a "
          "multi-class task and eval.calibration: none (the refit trains on the rows a threshold or temperature "
