@@ -87,8 +87,7 @@ def test_a_refitted_ensemble_is_logged_whole_and_loads_back(searched, tmp_path):
     members = [load_inference_model(uri) for _, _, uri in result.search.ranked_models[:2]]
     data = create_tabular_datamodule(searched.config)
     with MlflowTracker.start("fetal_health", run_name="refit-ensemble") as tracker:
-        refitted, uri = refit_selected(EnsembleModel(members), data, searched.config, tracker,
-                                       "the ensemble of trials 0, 1")
+        refitted, uri = refit_selected(EnsembleModel(members), data, tracker, "the ensemble of trials 0, 1")
     loaded = load_inference_model(uri)
     rows = data.datasets["test"].images[:16]
     with torch.no_grad():

@@ -80,7 +80,7 @@ def test_every_member_of_an_ensemble_is_refitted(ctg_root):
 def test_the_refitted_model_is_logged_and_the_run_says_what_was_refitted(ctg_root):
     model, data = trained(ctg_root)
     tracker = NullTracker()
-    refitted, uri = refit_selected(model, data, None, tracker, "trial 5")
+    refitted, uri = refit_selected(model, data, tracker, "trial 5")
     assert tracker.models["refit"] is refitted and refitted is not model
     pool = len(data.datasets["train"]) + len(data.datasets["valid"])
     assert tracker.latest("refit_rows") == pool

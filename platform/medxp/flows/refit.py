@@ -22,7 +22,6 @@ import logging
 import numpy as np
 from torch import nn
 
-from medxp.config import ExperimentConfig
 from medxp.data import DataModule
 from medxp.errors import MedxpError
 from medxp.models.ensemble import EnsembleModel
@@ -52,7 +51,7 @@ def refit_on_pool(model: nn.Module, data: DataModule) -> nn.Module:
     from medxp.training.estimator import split_arrays
 
     refitted = copy.deepcopy(model)
-    members = list(refitted.members) if isinstance(refitted, EnsembleModel) else [refitted]
+    members = _members(refitted)
     for index, member in enumerate(members):
         _check_refittable(member, index if len(members) > 1 else None)
     (train, train_labels), (valid, valid_labels) = (split_arrays(data, split) for split in ("train", "valid"))
@@ -62,8 +61,7 @@ def refit_on_pool(model: nn.Module, data: DataModule) -> nn.Module:
     return refitted
 
 
-def refit_selected(model: nn.Module, data: DataModule, config: ExperimentConfig, tracker: MlflowTracker,
-                   chosen: str) -> tuple[nn.Module, str]:
+def refit_selected(model: nn.Module, data: DataModule, tracker: MlflowTracker, chosen: str) -> tuple[nn.Module, str]:
     """Refits the model the main flow chose (`refit_on_pool`), logs it into `tracker`'s run and returns it with its URI.
 
     Args:
@@ -76,8 +74,7 @@ def refit_selected(model: nn.Module, data: DataModule, config: ExperimentConfig,
 
     refitted = refit_on_pool(model, data)
     rows = {split: len(data.datasets[split]) for split in ("train", "valid")}
-    members = list(refitted.members) if isinstance(refitted, EnsembleModel) else [refitted]
-    iterations = ", ".join(str(member.network.iterations) for member in members)
+    iterations = ", ".join(str(member.network.iterations) for member in _members(refitted))
     if isinstance(refitted, EnsembleModel):
         uri = log_ensemble(refitted, tracker, example_batch(data), name="refit")
     else:
@@ -89,6 +86,11 @@ def refit_selected(model: nn.Module, data: DataModule, config: ExperimentConfig,
     tracker.log_metrics({"refit_rows": float(rows["train"] + rows["valid"])})
     log.info("refit: %s", description)
     return refitted, uri
+
+
+def _members(model: nn.Module) -> list[nn.Module]:
+    """An ensemble's member models, or the model alone."""
+    return list(model.members) if isinstance(model, EnsembleModel) else [model]
 
 
 def _check_refittable(member: nn.Module, index: int | None) -> None:

@@ -66,7 +66,7 @@ def search_explain_register(config: ExperimentConfig, tracker: MlflowTracker, *,
     if best.search.refit:  # chosen on the search's record; fitted again on train + valid before the test split
         from medxp.flows.refit import refit_selected
 
-        model, model_uri = refit_selected(model, data, best, tracker, chosen_name(search, model))
+        model, model_uri = refit_selected(model, data, tracker, chosen_name(search, model))
     evaluation = evaluate_and_record(model, data, "test", best, tracker)
     explained = explain_model(model, data, best, tracker, num_samples=explain_samples) \
         if data.explainable else None
