@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import mlflow
 import pytest
@@ -68,3 +70,32 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+@contextlib.contextmanager
+def tracking_store(folder: Path) -> Iterator[str]:
+    """For a module-scoped fixture: a fresh SQLite tracking store in `folder` (environment, for Ray's workers,
+    and this process's client), the URI reset on exit."""
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.delenv("MLFLOW_RUN_ID", raising=False)
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield uri
+        finally:
+            mlflow.set_tracking_uri(None)
+
+
+@contextlib.contextmanager
+def local_ray(cpus: int = 2) -> Iterator[None]:
+    """A local Ray for the searches inside the block (started after the tracking store), shut down after."""
+    import ray
+
+    from medxp.search.runner import start_ray
+
+    start_ray(cpus)
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -14,7 +14,6 @@ import csv
 import io
 import types
 
-import mlflow
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
@@ -23,9 +22,8 @@ from optuna.trial import TrialState
 from medxp.config import load_project
 from medxp.flows.search_register import search_explain_register
 from medxp.objectives import parse_objectives, parse_select
-from medxp.search.runner import start_ray
 from medxp.tracking.mlflow_tracker import MlflowTracker
-from tests.conftest import SMALL_CNN
+from tests.conftest import SMALL_CNN, local_ray, tracking_store
 
 pytestmark = pytest.mark.slow
 
@@ -47,23 +45,13 @@ def searched(tmp_path_factory):
         "search.seed": 7, "search.ensemble_top": 2,
         "search.objectives": "[val_roc_auc:max, infer_ms:min]", "search.select": RULE,
     }, experiment=SMALL_CNN)
-    with pytest.MonkeyPatch.context() as patch:
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.delenv("MLFLOW_RUN_ID", raising=False)
-        mlflow.set_tracking_uri(uri)
-        start_ray(2)
-        try:
-            with MlflowTracker.start("glaucoma", run_name="main-glaucoma", tags={"medxp.kind": "search"}) as tracker:
-                result = search_explain_register(config, tracker, search_name=STUDY, explain_samples=40)
-        finally:
-            import ray
-
-            ray.shutdown()
+    with tracking_store(tmp_path):
+        with local_ray(), MlflowTracker.start("glaucoma", run_name="main-glaucoma",
+                                              tags={"medxp.kind": "search"}) as tracker:
+            result = search_explain_register(config, tracker, search_name=STUDY, explain_samples=40)
         study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
         yield types.SimpleNamespace(result=result, search=result.search, study=study, client=MlflowClient(),
                                     parent=tracker.run_id, config=config)
-        mlflow.set_tracking_uri(None)
 
 
 def test_the_study_has_two_directions_and_complete_trials_hold_both_values(searched):

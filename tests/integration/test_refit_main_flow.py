@@ -23,8 +23,8 @@ from medxp.flows.refit import REFIT_TAG, refit_selected
 from medxp.flows.search_register import search_explain_register
 from medxp.models import load_inference_model
 from medxp.models.ensemble import EnsembleModel
-from medxp.search.runner import start_ray
 from medxp.tracking.mlflow_tracker import MlflowTracker
+from tests.conftest import local_ray, tracking_store
 
 pytestmark = pytest.mark.slow
 
@@ -37,21 +37,11 @@ def searched(tmp_path_factory):
         "data_dir": str(root), "search.n_trials": 3, "search.cv_folds": 3, "search.max_concurrent": 2,
         "eval.bootstrap_resamples": 20, "train.threads": 1})
     assert config.search.refit and root.is_dir()
-    with pytest.MonkeyPatch.context() as patch:
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.delenv("MLFLOW_RUN_ID", raising=False)
-        mlflow.set_tracking_uri(uri)
-        start_ray(2)
-        try:
-            with MlflowTracker.start("fetal_health", run_name="main-fetal", tags={"medxp.kind": "search"}) as tracker:
-                result = search_explain_register(config, tracker, search_name="refit", explain_samples=40)
-        finally:
-            import ray
-
-            ray.shutdown()
+    with tracking_store(tmp_path):
+        with local_ray(), MlflowTracker.start("fetal_health", run_name="main-fetal",
+                                              tags={"medxp.kind": "search"}) as tracker:
+            result = search_explain_register(config, tracker, search_name="refit", explain_samples=40)
         yield types.SimpleNamespace(result=result, client=MlflowClient(), parent=tracker.run_id, config=config)
-        mlflow.set_tracking_uri(None)
 
 
 def test_the_registered_model_is_the_refit_and_its_card_says_so(searched):

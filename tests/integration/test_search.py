@@ -24,9 +24,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import TrialState
 
 from medxp.config import load_project
-from tests.conftest import SMALL_CNN
+from tests.conftest import SMALL_CNN, local_ray, tracking_store
 from medxp.errors import MedxpError
-from medxp.search.runner import run_search, start_ray
+from medxp.search.runner import run_search
 
 pytestmark = pytest.mark.slow
 
@@ -60,24 +60,16 @@ def leave_running_trial(tmp_path, experiment_id: str) -> tuple[int, str]:
 def searched(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("search")
     (tmp_path / "space.yaml").write_text(SPACE)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-        start_ray(2)
-        try:
+    with tracking_store(tmp_path):
+        with local_ray():
             first = run_search(tiny_config(tmp_path, 2), search_name=STUDY)
             experiment_id = MlflowClient().get_run(first.parent_run_id).info.experiment_id
             leftover_number, leftover_run = leave_running_trial(tmp_path, experiment_id)
             second = run_search(tiny_config(tmp_path, 6), search_name=STUDY)
-        finally:
-            import ray
-
-            ray.shutdown()
         study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
         yield types.SimpleNamespace(first=first, second=second, study=study, client=MlflowClient(),
                                     leftover_number=leftover_number, leftover_run=leftover_run,
                                     experiment_id=experiment_id)
-        mlflow.set_tracking_uri(None)
 
 
 def child_runs(searched, parent_run_id: str):
