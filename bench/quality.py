@@ -149,36 +149,47 @@ def gradient_boosting_anchor(name: str, data_dir: str, split_seed: int) -> dict:
             "f1_macro": float(f1_score(truth, predicted, average="macro"))}
 
 
-def across_splits(name: str, runs: list[dict]) -> dict:
-    """One entry for the data set: the mean test figures over its split seeds, and each seed's run."""
+# The test figures a mean over runs averages (each where every run has it).
+MEAN_KEYS = ("accuracy", "roc_auc", "f1_macro", "op_sensitivity", "op_specificity")
+
+
+def pooled(runs: list[dict]) -> dict | None:
+    """What a mean over runs (split seeds or search seeds) shares: the finished runs' mean test figures (a figure
+    some run lacks is None, not the first run's), their range, the summed wall time and trials, and no bootstrap
+    CI (a mean has none); None when every run failed. A failed run counts in the wall time only."""
     done = [run for run in runs if "error" not in run]
     if not done:
+        return None
+    keys = [key for key in MEAN_KEYS if all(run["test"].get(key) is not None for run in done)]
+    return {**done[0], "test": {**dict.fromkeys(done[0]["test"]), **{key: fmean(run["test"][key] for run in done)
+                                                                      for key in keys}},
+            "ci95": {}, "range": {key: (min(run["test"][key] for run in done), max(run["test"][key] for run in done))
+                                  for key in keys},
+            "wall_s": sum(run["wall_s"] for run in runs), "trials": sum(run["trials"] for run in done), "done": done}
+
+
+def across_splits(name: str, runs: list[dict]) -> dict:
+    """One entry for the data set: the mean test figures over its split seeds, and each seed's run."""
+    merged = pooled(runs)
+    if merged is None:
         return runs[0]
-    mean = {key: fmean(run["test"][key] for run in done)
-            for key in ("accuracy", "roc_auc", "f1_macro") if all(run["test"].get(key) is not None for run in done)}
+    done = merged.pop("done")
     anchor = {key: fmean(run["anchor_same_split"][key] for run in done) for key in ("accuracy", "f1_macro")}
-    return {**done[0], "test": {**done[0]["test"], **mean}, "ci95": {},  # a mean over splits has no bootstrap CI
-            "split_seeds": [run["split_seed"] for run in done], "anchor_same_split": anchor,
-            "wall_s": sum(run["wall_s"] for run in runs), "trials": sum(run["trials"] for run in done),
+    return {**merged, "split_seeds": [run["split_seed"] for run in done], "anchor_same_split": anchor,
             "per_split": runs}
 
 
 def across_seeds(runs: list[dict]) -> dict:
     """One entry for the data set: the mean test figures over its searches of different seeds, their range, and
     each run."""
-    done = [run for run in runs if "error" not in run]
-    if not done:
+    merged = pooled(runs)
+    if merged is None:
         return runs[0]
-    keys = [key for key in ("accuracy", "roc_auc", "f1_macro", "op_sensitivity", "op_specificity")
-            if all(run["test"].get(key) is not None for run in done)]
+    done = merged.pop("done")
     # Each search chooses its own threshold on validation: the mean row lists their range, not one of them.
-    thresholds = [run["threshold"] for run in done if run.get("threshold") is not None]
-    return {**done[0], "test": {key: fmean(run["test"][key] for run in done) for key in keys},
-            "ci95": {}, "range": {key: (min(run["test"][key] for run in done), max(run["test"][key] for run in done))
-                                  for key in keys},
-            "threshold": None, "thresholds": thresholds,
-            "seeds": [run["seed"] for run in done], "wall_s": sum(run["wall_s"] for run in runs),
-            "trials": sum(run["trials"] for run in done), "per_seed": runs}
+    return {**merged, "threshold": None,
+            "thresholds": [run["threshold"] for run in done if run.get("threshold") is not None],
+            "seeds": [run["seed"] for run in done], "per_seed": runs}
 
 
 def read_main_run(name: str, env: dict, primary: str) -> dict:
