@@ -44,6 +44,17 @@ best finished value once they have spent E = min(medxp's epochs, vanilla's epoch
     python bench/search_efficiency.py --reuse-grid  # the grid from the last results file of the same data, budget
                                                     # and project defaults
     python bench/search_efficiency.py --quick       # a tiny budget, a smoke check: 5 to 15 minutes
+    python bench/search_efficiency.py --reuse-grid --replay 20 --replay-only   # 20 seeds of both searches
+                                                    # replayed over the grid's curves: about 15 minutes
+
+Replay (`--replay N`): a grid point trains the same way every time (same seed, one thread), so its
+recorded per-epoch curve is what a search's trial of that point would see. The replay runs N more
+searches per method and trial count, seeds seed, seed+1, ..., through the same Tune samplers,
+schedulers and per-epoch reports as the real searches, with each trial's training replaced by its
+point's curve (`--replay-tick` seconds an epoch; medxp's trial runs the trainer's early stopping and
+its `TuneReporter` on the recorded epochs). Only which trials run side by side differs from real
+searches. Three real searches per method are a handful of draws of a lottery over 16 points; the
+replay gives the odds.
 
 Writes bench/results/search_efficiency_<data>.json (`_quick` appended with --quick).
 """
@@ -114,6 +125,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", default="", help="demo data, MLflow and Optuna stores (default: a temp folder)")
     parser.add_argument("--reuse-grid", action="store_true",
                         help="take the grid from the results file when it was run on the same data and budget")
+    parser.add_argument("--replay", type=int, default=0, metavar="N",
+                        help="also replay N searches per method and trial count over the grid's recorded curves "
+                             "(seeds seed, seed+1, ...): the same samplers, schedulers and reports, no training")
+    parser.add_argument("--replay-tick", type=float, default=0.2, help="seconds a replayed epoch takes")
+    parser.add_argument("--replay-only", action="store_true", help="the grid and the replay, no real searches")
     args = parser.parse_args(argv)
     real_file = Path(args.data_dir) / DATA["pneumoniamnist"]["file"]
     if args.data is None:
@@ -174,9 +190,12 @@ def grid_point(job: tuple[str, dict, str, float, int]) -> dict:
     config = load_project(name, {**overrides, "optimizer": optimizer, "lr": lr, "batch_size": batch_size},
                           experiment=EXPERIMENT.get(name))
     result = run_experiment(config, NullTracker(), log_model=False, progress=False)
+    # Each epoch's validation values (the monitor among them): what --replay plays back.
+    curve = [{key: float(value) for key, value in row.items() if key == "epoch" or key.startswith("val_")}
+             for row in result.fit.history]
     return {"optimizer": optimizer, "lr": lr, "batch_size": batch_size, "objective": result.objective,
             "epochs": len(result.fit.history), "validation_images": len(result.data.datasets["valid"]),
-            "wall_s": time.monotonic() - started}
+            "wall_s": time.monotonic() - started, "monitor": config.train.monitor, "curve": curve}
 
 
 def run_grid(args: argparse.Namespace, workdir: Path) -> dict:
@@ -198,6 +217,9 @@ def saved_grid(args: argparse.Namespace, out: Path) -> dict | None:
     grid = json.loads(out.read_text()).get("grid", {})
     if grid.get("key") != grid_key(args):
         print(f"{out}: grid was run on other data or budget; running it again")
+        return None
+    if args.replay and not all("curve" in point for point in grid.get("points", [])):
+        print(f"{out}: the saved grid has no per-epoch curves to replay; running it again")
         return None
     return grid
 
@@ -307,10 +329,7 @@ def run_medxp_search(args: argparse.Namespace, workdir: Path, trials: int, seed:
     from medxp.search import run_search
     from medxp.search.study import DUPLICATE_OF
 
-    space = workdir / "grid_space.yaml"
-    space.write_text(f"optimizer: {{type: categorical, choices: {list(OPTIMIZERS)}}}\n"
-                     f"lr: {{type: categorical, choices: {list(LEARNING_RATES)}}}\n"
-                     f"batch_size: {{type: categorical, choices: {list(BATCH_SIZES)}}}\n")
+    space = grid_space(workdir)
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     config = load_project(project(args), {
         **base_overrides(args, workdir), "search.space": str(space), "search.n_trials": trials,
@@ -339,6 +358,163 @@ def run_medxp_search(args: argparse.Namespace, workdir: Path, trials: int, seed:
             "best": result.best_params, "epochs": result.epochs_total, "runs": result.trials_trained,
             "states": result.state_counts, "full": result.state_counts.get("complete", 0), "wall_s": wall,
             "events": sorted(events, key=event_order)}
+
+
+def grid_space(workdir: Path) -> Path:
+    """The grid's 16 points as a medxp space file (three categorical keys)."""
+    space = workdir / "grid_space.yaml"
+    space.write_text(f"optimizer: {{type: categorical, choices: {list(OPTIMIZERS)}}}\n"
+                     f"lr: {{type: categorical, choices: {list(LEARNING_RATES)}}}\n"
+                     f"batch_size: {{type: categorical, choices: {list(BATCH_SIZES)}}}\n")
+    return space
+
+
+# --- 4. replay: both searches over the grid's recorded curves, many seeds -------------------------------------
+
+def point_key(params: dict) -> str:
+    return f"{params['optimizer']}|{float(params['lr']):g}|{int(params['batch_size'])}"
+
+
+def replay_vanilla_trial(params: dict, *, points: dict, tick: float) -> None:
+    """The vanilla trainable, its training replaced by the grid point's recorded curve: each epoch's own value."""
+    from ray import tune
+
+    point = points[point_key(params)]
+    for row in point["curve"][:-1]:  # the last epoch goes with the final evaluation, as in vanilla_trial
+        time.sleep(tick)
+        tune.report({EPOCH_METRIC: row[EPOCH_METRIC], "epoch": int(row["epoch"])})
+    time.sleep(tick)
+    tune.report({EPOCH_METRIC: point["objective"], "epoch": len(point["curve"]), "finished": True})
+
+
+def replay_medxp_trial(tune_config: dict, *, points: dict, tick: float) -> None:
+    """medxp's trial, its training replaced by the grid point's recorded curve: the trainer's early stopping and
+    medxp's `TuneReporter` see the recorded epochs, so Tune gets what a real trial would report."""
+    from ray import tune
+
+    from medxp.search.study import EPOCH, EPOCH_OBJECTIVE, FINISHED, OBJECTIVE, PARAMS
+    from medxp.search.trial import TuneReporter
+    from medxp.training.trainer import EarlyStopping
+
+    point = points[point_key(tune_config[PARAMS])]
+    epochs = len(point["curve"])
+
+    class RecordedTrainer:  # the face of Trainer that early stopping and the reporter read
+        config = type("Config", (), {"restore_best": True, "epochs": epochs})()
+        model = type("Model", (), {"state_dict": staticmethod(dict)})()
+        should_stop = False
+        early_stopping = EarlyStopping(point["monitor"], patience=0)
+
+    trainer, reporter = RecordedTrainer(), TuneReporter(EPOCH_METRIC, "", epochs)
+    for row in point["curve"]:
+        time.sleep(tick)
+        for callback in (trainer.early_stopping, reporter):
+            callback.on_epoch_end(trainer, int(row["epoch"]), row)
+    tune.report({OBJECTIVE: point["objective"], EPOCH: epochs, FINISHED: True,
+                 EPOCH_OBJECTIVE: reporter.values[trainer.early_stopping.best_epoch]})
+
+
+def run_replay(args: argparse.Namespace, workdir: Path, grid: dict, method: str, trials: int, seed: int) -> dict:
+    """One search, vanilla or medxp, over the grid's recorded curves (`--replay-tick` seconds an epoch)."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from medxp.config import load_project
+    from medxp.search.runner import scheduler_and_searcher
+    from medxp.search.space import load_search_space
+    from medxp.search.study import EPOCH, FINISHED, OBJECTIVE, create_sampler
+
+    points = {point_key(p): p for p in grid["points"]}
+    settings = load_project(project(args), {**base_overrides(args, workdir), "search.seed": seed},
+                            experiment=EXPERIMENT.get(project(args))).search
+    events: list[tuple[float, str, float | None]] = []
+    epochs: dict[str, int] = {}
+    values: list[float] = []
+    reports: list[dict] = []  # every result Tune got: trial, point, epoch, value, finished
+    finished_key, metric = (FINISHED, OBJECTIVE) if method == "medxp" else ("finished", EPOCH_METRIC)
+
+    class Recorder(tune.Callback):
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            now = time.time()
+            epochs[trial.trial_id] = max(epochs.get(trial.trial_id, 0), int(result[EPOCH]))
+            events.append((now, "epoch", None))
+            reports.append({"trial": trial.trial_id, "point": point_key(trial.config.get("params", trial.config)),
+                            "epoch": int(result[EPOCH]), "value": result[metric],
+                            "finished": bool(result.get(finished_key))})
+            if result.get(finished_key):
+                events.append((now, "done", result[metric]))
+                values.append(result[metric])
+
+    if method == "medxp":
+        study = optuna.create_study(study_name=f"replay-{trials}-{seed}",
+                                    storage=f"sqlite:///{workdir / f'replay-{time.time_ns()}.db'}",
+                                    direction="maximize", sampler=create_sampler(settings, 0))
+        scheduler, searcher = scheduler_and_searcher(study, load_search_space(grid_space(workdir)), settings,
+                                                     args.epochs, on_outcome=lambda outcome: None)
+        trainable, space = replay_medxp_trial, None
+    else:
+        searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=settings.startup_trials))
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=args.epochs, grace_period=args.grace_period,
+                                  reduction_factor=args.reduction_factor)
+        trainable = replay_vanilla_trial
+        space = {"optimizer": tune.choice(list(OPTIMIZERS)), "lr": tune.choice(list(LEARNING_RATES)),
+                 "batch_size": tune.choice(list(BATCH_SIZES))}
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trainable, points=points, tick=args.replay_tick), {"cpu": 1}),
+        param_space=space,
+        tune_config=tune.TuneConfig(metric=metric, mode="max", search_alg=searcher, scheduler=scheduler,
+                                    num_samples=trials, max_concurrent_trials=args.workers, reuse_actors=True),
+        run_config=tune.RunConfig(name=f"replay-{method}-{trials}-{seed}-{time.time_ns()}", verbose=0,
+                                  storage_path=str(workdir / "ray_results"), callbacks=[Recorder()],
+                                  failure_config=tune.FailureConfig(max_failures=0)))
+    tuner.fit()
+    return {"method": method, "trials": trials, "seed": seed, "best_value": max(values) if values else None,
+            "epochs": sum(epochs.values()), "runs": len(epochs), "events": sorted(events, key=event_order),
+            "reports": reports}
+
+
+def replay_all(args: argparse.Namespace, workdir: Path, grid: dict) -> list[dict]:
+    import ray
+
+    ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        return [run_replay(args, workdir, grid, method, trials, seed) for trials in args.trials
+                for seed in range(args.seed, args.seed + args.replay) for method in ("vanilla", "medxp")]
+    finally:
+        ray.shutdown()
+
+
+def replay_report(args: argparse.Namespace, grid: dict, replays: list[dict]) -> dict:
+    goal = DATA[args.data]["goal"]
+    print(f"\nReplay: {args.replay} searches per method and trial count (seeds {args.seed}-{args.seed + args.replay - 1}) "
+          "over the grid's recorded curves (each point's training is deterministic: same seed, 1 thread), through "
+          "the same samplers, schedulers and per-epoch reports as the searches above")
+    summary: dict[str, Any] = {}
+    for trials in args.trials:
+        for method in ("vanilla", "medxp"):
+            runs = [r for r in replays if (r["method"], r["trials"]) == (method, trials)]
+            for run in runs:
+                against_grid(run, grid, goal)
+            entry = {"goal_met": sum(r["goal_met"] for r in runs), "searches": len(runs),
+                     "mean_best_value": mean([r["best_value"] for r in runs]),
+                     "found_grid_best": sum(r["best_value"] == grid["best_value"] for r in runs),
+                     "mean_epochs": mean([r["epochs"] for r in runs])}
+            summary[f"{method}_{trials}"] = entry
+            print(f"  {method:<8} {trials:>3} trials: grid goal met in {entry['goal_met']} of {len(runs)} (found the "
+                  f"grid's best point in {entry['found_grid_best']}); mean best {fmt(entry['mean_best_value'], '.4f')}, "
+                  f"mean epochs {fmt(entry['mean_epochs'], '.1f')} of the grid's {grid['epochs']}")
+        pairs = [head_to_head(m, v) for m in replays for v in replays
+                 if (m["method"], v["method"]) == ("medxp", "vanilla") and m["trials"] == v["trials"] == trials
+                 and m["seed"] == v["seed"]]
+        entry = {outcome: sum(p["outcome"] == outcome for p in pairs) for outcome in ("higher", "equal", "lower")}
+        entry["mean_diff_points"] = mean([p["diff_points"] for p in pairs])
+        summary[f"medxp_vs_vanilla_{trials}"] = entry
+        print(f"  medxp against vanilla at the same epochs, {trials} trials: higher in {entry['higher']}, equal in "
+              f"{entry['equal']}, lower in {entry['lower']} of {len(pairs)}; mean "
+              f"{fmt(entry['mean_diff_points'], '+.2f')} points")
+    return summary
 
 
 # --- comparison ------------------------------------------------------------------------------------------------
@@ -457,7 +633,7 @@ def main(argv: list[str] | None = None) -> None:
         RESULTS.mkdir(exist_ok=True)  # saved at once: --reuse-grid can pick it up even if a search fails
         out.write_text(json.dumps({"args": vars(args), "grid": grid}, indent=2))
     searches = []
-    for trials in args.trials:
+    for trials in args.trials if not args.replay_only else ():
         for seed in range(args.seed, args.seed + args.repeats):
             searches.append(run_vanilla_search(args, workdir, trials, seed))
             searches.append(run_medxp_search(args, workdir, trials, seed))
@@ -465,10 +641,13 @@ def main(argv: list[str] | None = None) -> None:
         against_grid(search, grid, DATA[args.data]["goal"])
     pairs = [head_to_head(m, v) for m in searches if m["method"] == "medxp" for v in searches
              if v["method"] == "vanilla" and (v["trials"], v["seed"]) == (m["trials"], m["seed"])]
-    summary = report(args, grid, searches, pairs)
+    summary = report(args, grid, searches, pairs) if searches else {}
+    replays = replay_all(args, workdir, grid) if args.replay else []
+    if replays:
+        summary["replay"] = replay_report(args, grid, replays)
     out.write_text(json.dumps({"args": vars(args), "metric": f"validation {PRIMARY_METRIC} (arg-max)",
-                               "grid": grid, "searches": searches, "medxp_vs_vanilla": pairs, "summary": summary},
-                              indent=2))
+                               "grid": grid, "searches": searches, "medxp_vs_vanilla": pairs, "replays": replays,
+                               "summary": summary}, indent=2))
     print(f"wrote {out}")
 
 

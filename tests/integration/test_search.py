@@ -128,6 +128,25 @@ def test_scheduler_stopped_trials_are_pruned_with_intermediate_values(searched):
     assert all(t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [1, 2, 3] for t in complete)
 
 
+def test_each_epoch_reports_the_value_of_the_weights_the_trial_would_hand_back(searched, tmp_path):
+    """What ASHA and the study see at epoch k is the metric of the best `train.monitor` epoch up to k (the
+    weights a trial stopped there would hand back), not epoch k's own value; MLflow keeps every epoch's own."""
+    monitor = tiny_config(tmp_path, 1).train.monitor
+    assert monitor == "val_loss"
+    checked = 0
+    for trial in searched.study.trials:
+        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED) or "duplicate_of" in trial.user_attrs:
+            continue
+        run_id = trial.user_attrs["mlflow_run_id"]
+        own = {m.step: m.value for m in searched.client.get_metric_history(run_id, "val_roc_auc")}
+        losses = {m.step: m.value for m in searched.client.get_metric_history(run_id, monitor)}
+        for epoch, value in trial.intermediate_values.items():
+            best = min((step for step in losses if step <= epoch), key=lambda step: (losses[step], step))
+            assert value == pytest.approx(own[best]), (trial.number, epoch)
+            checked += 1
+    assert checked >= 6
+
+
 def test_failing_trial_is_fail_in_optuna_and_failed_in_mlflow(searched):
     exploding = trials_with_lr(searched.study, EXPLODING_LR)
     assert [t.state for t in exploding] == [TrialState.FAIL]

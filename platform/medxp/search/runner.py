@@ -30,7 +30,7 @@ import traceback
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import mlflow
 import optuna
@@ -39,7 +39,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import TrialState
 
-from medxp.config import ExperimentConfig, resolve_data_dir
+from medxp.config import ExperimentConfig, SearchConfig, resolve_data_dir
 from medxp.data.audit import leak_policy, log_audit
 from medxp.data.datamodule import PriorAudit, create_datamodule, ensure_data, prior_audit
 from medxp.data.synthetic import is_generated
@@ -280,17 +280,13 @@ def _run_tune(study: optuna.Study, space: SearchSpace, base: ExperimentConfig, c
     settings = base.search
     started_ray = start_ray(settings.ray_cpus)
     try:
-        scheduler = PruningScheduler(base.train.epochs, settings.grace_period, settings.reduction_factor,
-                                     settings.revisit_rungs)
-        scheduler.seed_rungs(study)
         closer, progress = TrialRunCloser(context.tracking_uri), SearchProgress(new_trials, context.study_name)
 
         def on_outcome(outcome: TrialOutcome) -> None:
             closer(outcome)
             progress(outcome)
 
-        searcher = StudySearcher(space, study, scheduler, on_outcome=on_outcome,
-                                 rerun_duplicates=settings.rerun_duplicates)
+        scheduler, searcher = scheduler_and_searcher(study, space, settings, base.train.epochs, on_outcome)
         trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, context=context,
                                                              prior_audit=audit),
                                         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
@@ -310,6 +306,16 @@ def _run_tune(study: optuna.Study, space: SearchSpace, base: ExperimentConfig, c
             import ray
 
             ray.shutdown()
+
+
+def scheduler_and_searcher(study: optuna.Study, space: SearchSpace, settings: SearchConfig, max_epochs: int,
+                           on_outcome: Callable[[TrialOutcome], None]) -> tuple[PruningScheduler, StudySearcher]:
+    """ASHA (rungs seeded with the study's earlier trials) and the searcher asking and telling `study`: what
+    Tune runs a search with (`bench/search_efficiency.py` replays recorded trials through the same pair)."""
+    scheduler = PruningScheduler(max_epochs, settings.grace_period, settings.reduction_factor, settings.revisit_rungs)
+    scheduler.seed_rungs(study)
+    searcher = StudySearcher(space, study, scheduler, on_outcome=on_outcome, rerun_duplicates=settings.rerun_duplicates)
+    return scheduler, searcher
 
 
 @contextmanager
