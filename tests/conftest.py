@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import types
 from pathlib import Path
 from typing import Iterator
 
@@ -30,6 +32,14 @@ TINY = {
     "train.batch_size": 16,
     "eval.bootstrap_resamples": 100,
 }
+
+
+def bench_script(name: str) -> types.ModuleType:
+    """`bench/<name>.py` loaded as a module (the benches are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,7 +3,6 @@ each split, and the mean over split seeds. On the project's GENERATED CTG demo C
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,16 +10,12 @@ import pytest
 from medxp.config import load_project
 from medxp.data.synthetic_tabular import generate_ctg_demo
 from medxp.data.tabular import create_tabular_datamodule
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import bench_script
 
 
 @pytest.fixture(scope="module")
 def quality():
-    spec = importlib.util.spec_from_file_location("quality_bench", ROOT / "bench" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("quality")
 
 
 @pytest.fixture(scope="module")
