@@ -104,8 +104,7 @@ class TuneReporter:
     def handed_back(self, trainer: Any, epoch: int) -> float:
         """The metric of the epoch whose weights the trainer would hand back after `epoch`: its early
         stopping's best epoch with `train.restore_best`, else `epoch` itself."""
-        stopper = getattr(trainer, "early_stopping", None)
-        best = stopper.best_epoch if stopper is not None and trainer.config.restore_best else epoch
+        best = trainer.early_stopping.best_epoch if trainer.config.restore_best else epoch
         return self.values.get(int(best), self.values[int(epoch)])
 
 
@@ -119,7 +118,9 @@ def handed_back_value(fit: Any, metric: str) -> float:
 
 def trained_epochs(config: ExperimentConfig) -> int:
     """The epochs a trial trains when nothing stops it: every stage's together."""
-    return sum(config.train.stage_epochs) if config.train.stage_epochs else config.train.epochs
+    from medxp.training.stages import training_stages  # with the trainer, as run_trial imports the pipeline
+
+    return sum(epochs for _, epochs, _ in training_stages(config))
 
 
 def run_trial(tune_config: dict, *, base: ExperimentConfig, context: TrialContext,
