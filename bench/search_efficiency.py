@@ -246,12 +246,25 @@ def vanilla_trial(params: dict, *, name: str, overrides: dict) -> None:
                  "reported_at": time.time()})
 
 
-def run_vanilla_search(args: argparse.Namespace, workdir: Path, trials: int, seed: int) -> dict:
+def vanilla_search_setup(args: argparse.Namespace, seed: int, startup_trials: int) -> tuple[Any, Any, dict]:
+    """What a user writes for Tune: OptunaSearch (TPE, seeded, medxp's startup trials), ASHA on `epoch`, and the
+    grid's three keys as `tune.choice`; the real and the replayed vanilla searches both run it."""
     import optuna
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials))
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=args.epochs, grace_period=args.grace_period,
+                              reduction_factor=args.reduction_factor)
+    space = {"optimizer": tune.choice(list(OPTIMIZERS)), "lr": tune.choice(list(LEARNING_RATES)),
+             "batch_size": tune.choice(list(BATCH_SIZES))}
+    return searcher, scheduler, space
+
+
+def run_vanilla_search(args: argparse.Namespace, workdir: Path, trials: int, seed: int) -> dict:
+    import ray
+    from ray import tune
 
     from medxp.config import load_project
 
@@ -274,14 +287,11 @@ def run_vanilla_search(args: argparse.Namespace, workdir: Path, trials: int, see
     started = time.monotonic()
     ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     try:
-        searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials))
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=args.epochs, grace_period=args.grace_period,
-                                  reduction_factor=args.reduction_factor)
+        searcher, scheduler, space = vanilla_search_setup(args, seed, startup_trials)
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(vanilla_trial, name=project(args), overrides=overrides),
                                 {"cpu": 1}),
-            param_space={"optimizer": tune.choice(list(OPTIMIZERS)), "lr": tune.choice(list(LEARNING_RATES)),
-                         "batch_size": tune.choice(list(BATCH_SIZES))},
+            param_space=space,
             tune_config=tune.TuneConfig(metric=EPOCH_METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
                                         num_samples=trials, max_concurrent_trials=args.workers),
             run_config=tune.RunConfig(name=f"vanilla-{trials}trials-seed{seed}-{int(time.time())}",
@@ -418,8 +428,6 @@ def run_replay(args: argparse.Namespace, workdir: Path, grid: dict, method: str,
     """One search, vanilla or medxp, over the grid's recorded curves (`--replay-tick` seconds an epoch)."""
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from medxp.config import load_project
     from medxp.search.runner import scheduler_and_searcher
@@ -455,12 +463,8 @@ def run_replay(args: argparse.Namespace, workdir: Path, grid: dict, method: str,
                                                      args.epochs, on_outcome=lambda outcome: None)
         trainable, space = replay_medxp_trial, None
     else:
-        searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=settings.startup_trials))
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=args.epochs, grace_period=args.grace_period,
-                                  reduction_factor=args.reduction_factor)
+        searcher, scheduler, space = vanilla_search_setup(args, seed, settings.startup_trials)
         trainable = replay_vanilla_trial
-        space = {"optimizer": tune.choice(list(OPTIMIZERS)), "lr": tune.choice(list(LEARNING_RATES)),
-                 "batch_size": tune.choice(list(BATCH_SIZES))}
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, points=points, tick=args.replay_tick), {"cpu": 1}),
         param_space=space,
