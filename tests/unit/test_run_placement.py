@@ -109,3 +109,26 @@ def test_existing_experiments_get_the_kind_tag_but_keep_their_own(mlflow_store):
         pass
     assert client.get_experiment(untagged).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
     assert client.get_experiment_by_name("organsmnist").tags[EXPERIMENT_KIND_TAG] == "finetuning"
+
+
+def test_a_new_experiment_keeps_its_artifacts_beside_the_sqlite_store_whatever_the_working_folder(
+        mlflow_store, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # MLflow's own default would be ./mlruns here
+    with MlflowTracker.start("chest x-ray/pneumonia", run_name="train") as tracker:
+        tracker.log_text("hello", "notes/hello.txt")
+    experiment = experiment_of(tracker.run_id)
+    assert experiment.artifact_location == (tmp_path / "mlruns" / "chest-x-ray-pneumonia").as_uri()
+    logged = tmp_path / "mlruns" / "chest-x-ray-pneumonia" / tracker.run_id / "artifacts" / "notes" / "hello.txt"
+    assert logged.read_text() == "hello"
+    assert not (elsewhere / "mlruns").exists()
+
+
+def test_a_tracking_server_places_artifacts_itself(monkeypatch):
+    from medxp.tracking.mlflow_tracker import local_artifact_location
+
+    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "http://127.0.0.1:5000")
+    assert local_artifact_location("glaucoma") is None
+    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "sqlite:////srv/mlflow/mlflow.db")
+    assert local_artifact_location("glaucoma") == "file:///srv/mlflow/mlruns/glaucoma"

@@ -11,7 +11,9 @@ Where a run lands (`place_run`):
 - A nested run (cv folds) goes where its parent is.
 
 Every experiment medxp creates or uses is tagged `mlflow.experimentKind=custom_model_development`,
-so the MLflow UI opens it in its model-training view rather than the GenAI one.
+so the MLflow UI opens it in its model-training view rather than the GenAI one. On a local SQLite
+store, an experiment medxp creates keeps its artifacts beside the store (`<store folder>/mlruns/<name>`),
+wherever the process runs from (`local_artifact_location`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,12 +71,29 @@ def ensure_experiment(name: str) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return mlflow.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return mlflow.create_experiment(name, artifact_location=local_artifact_location(name),
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except mlflow.exceptions.MlflowException:
             # Another process created it between our look-up and our create.
             experiment = mlflow.get_experiment_by_name(name)
     tag_experiment_kind(experiment.experiment_id)
     return experiment.experiment_id
+
+
+def local_artifact_location(name: str) -> str | None:
+    """Where a new experiment `name` keeps its artifacts on a local SQLite store: `<store folder>/mlruns/<name>`
+    (the name reduced to letters, digits, `.`, `_` and `-`), as a file URI.
+
+    MLflow's own default for a SQLite store opened by the client is `./mlruns/<id>` under the working directory
+    of whichever process creates the experiment, so one store used from several folders (a clone, a test, a bench
+    script) would scatter its artifacts. None for a tracking server or a file store: they place artifacts themselves.
+    """
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    store = Path(uri[len("sqlite:///"):].split("?", 1)[0]).resolve()
+    folder = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "experiment"
+    return (store.parent / "mlruns" / folder).as_uri()
 
 
 def tag_experiment_kind(experiment_id: str) -> None:
