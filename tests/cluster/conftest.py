@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -80,15 +81,27 @@ class Cluster:
                               capture_output=True, text=True, timeout=timeout)
 
     def run_main(self, name: str, n_trials: int, timeout: float = 900, **settings) -> subprocess.CompletedProcess:
-        """The lab's command: `mlflow run <repo> -P dataset=glaucoma` (search, evaluate, explain, register)."""
+        """The lab's command: `mlflow run <repo> -P dataset=glaucoma` (search, evaluate, explain, register).
+
+        `mlflow run` runs the entry point in the repository, so with a tracking server the search's Ray Tune
+        folder is the checkout's `ray_results/<name>`: removed afterwards unless it was there before.
+        """
+        tune_folder = REPO / "ray_results" / name
+        made = not tune_folder.exists()
         overrides = {**SEARCH_SETTINGS, "search.n_trials": n_trials, **settings}
         text = " ".join(f"{key}={_yaml(value)}" for key, value in overrides.items())
         command = [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "--env-manager", "local",
                    "-P", "dataset=glaucoma", "-P", f"experiment={SMALL_CNN}", "-P", f"data_dir={self.data_dir}",
                    "-P", f"search_name={name}",
                    "-P", f"overrides={text}"]
-        return subprocess.run(command, cwd=self.root, env=self.driver_env(), capture_output=True, text=True,
-                              timeout=timeout)
+        try:
+            return subprocess.run(command, cwd=self.root, env=self.driver_env(), capture_output=True, text=True,
+                                  timeout=timeout)
+        finally:
+            if made:
+                shutil.rmtree(tune_folder, ignore_errors=True)
+                if tune_folder.parent.is_dir() and not any(tune_folder.parent.iterdir()):
+                    tune_folder.parent.rmdir()
 
     def start_search(self, name: str, n_trials: int, **settings) -> subprocess.Popen:
         workdir = self.root / f"driver-{name}"

@@ -8,6 +8,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from medxp.search.runner import close_leftover_runs
 from medxp.search.trial import STATE_TAG
+from medxp.tracking.mlflow_tracker import ensure_experiment
 
 
 def _trial_run(experiment_id: str, study: str, number: int, state: str, end: bool = True) -> str:
@@ -19,7 +20,7 @@ def _trial_run(experiment_id: str, study: str, number: int, state: str, end: boo
 
 
 def test_runs_are_made_to_agree_with_the_study(mlflow_store):
-    experiment_id = mlflow.create_experiment("leftovers")
+    experiment_id = ensure_experiment("leftovers")  # artifacts beside the test's store, not in the cwd
     study = optuna.create_study(study_name="s", direction="maximize")
     study.add_trial(optuna.trial.create_trial(value=0.9, state=optuna.trial.TrialState.COMPLETE))
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))  # its driver was killed
@@ -41,7 +42,7 @@ def test_runs_are_made_to_agree_with_the_study(mlflow_store):
 
 
 def test_a_trial_whose_worker_never_opened_its_run_gets_a_failed_run(mlflow_store):
-    experiment_id = mlflow.create_experiment("unopened")
+    experiment_id = ensure_experiment("unopened")
     study = optuna.create_study(study_name="s", direction="maximize")
     study.add_trial(optuna.trial.create_trial(value=0.9, state=optuna.trial.TrialState.COMPLETE))
     study.add_trial(optuna.trial.create_trial(  # asked by the driver, which was killed before the worker began
