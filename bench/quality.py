@@ -12,6 +12,7 @@ the positive class and threshold where there is one, trials, and wall time, besi
     python bench/quality.py --budget 0.5             # half the trials of each project's search
     python bench/quality.py --dataset fetal_health --split-seeds 5   # 5 stratified splits of its own
     python bench/quality.py --dataset breastmnist --seeds 3          # 3 searches (seeds 42, 43, 44): mean and range
+    python bench/quality.py --dataset breastmnist --seeds 3 --first-seed 45   # 3 other searches (45, 46, 47)
 
 Fetal health has no official split: its figures depend on which 20% of the exams the project's
 split seed holds out (scikit-learn's HistGradientBoosting with its defaults scores 0.944 to 0.974 test
@@ -77,6 +78,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=1, metavar="N",
                         help="data sets with an official split: run N searches (seed and search.seed 42, 43, ...) "
                              "and report the mean and range")
+    parser.add_argument("--first-seed", type=int, default=42, metavar="S",
+                        help="with --seeds: the first search's seed (S, S+1, ...), to draw searches other than "
+                             "the ones a default was chosen on")
     parser.add_argument("--workdir", default="", help="MLflow store, Optuna studies, caches (default: a temp folder)")
     return parser.parse_args()
 
@@ -309,7 +313,8 @@ def main() -> None:
             seeds = [42 + offset for offset in range(args.split_seeds)]
             result = across_splits(name, [run_main(name, args, workdir, seed) for seed in seeds])
         elif not DATASETS[name].get("own_split") and args.seeds > 1:
-            result = across_seeds([run_main(name, args, workdir, seed=42 + offset) for offset in range(args.seeds)])
+            result = across_seeds([run_main(name, args, workdir, seed=args.first_seed + offset)
+                                   for offset in range(args.seeds)])
         else:
             result = run_main(name, args, workdir)
         if "error" not in result:

@@ -180,7 +180,10 @@ class SearchConfig:
     A proposal that repeats a finished trial's parameters takes that trial's outcome instead
     of training the same model again, unless `rerun_duplicates` is true.
     `ensemble_top` (the main flow): with K >= 2, the mean of the K best finished trials' models
-    is scored on validation and registered instead of the best trial's when it scores higher there.
+    is scored on validation and registered instead of the best trial's when it scores higher there;
+    with `ensemble_if_better: false` it is registered whenever two or more trials finished (the best
+    trial's validation value is the highest of many draws, so on a small validation split it overstates
+    that trial and the comparison is tilted against the ensemble).
     `cv_folds` (0: off): with K >= 2 a trial's objective is the mean of `val_<eval.primary_metric>` over
     stratified K-fold of the train + valid pool (`medxp.training.estimator.cross_validate`), the
     model it logs still fitted on train; for models fitted in one call (`hist_gradient_boosting`),
@@ -211,6 +214,7 @@ class SearchConfig:
     seed: int = 42
     rerun_duplicates: bool = False
     ensemble_top: int = 0
+    ensemble_if_better: bool = True
     cv_folds: int = 0
     refit: bool = False
     storage: str = ""

@@ -49,8 +49,9 @@ def fake_ensembles(monkeypatch):
     return state
 
 
-def config(top: int):
-    return load_project("glaucoma", {"search.ensemble_top": top, "eval.primary_metric": "roc_auc"})
+def config(top: int, **search):
+    return load_project("glaucoma", {"search.ensemble_top": top, "eval.primary_metric": "roc_auc",
+                                     **{f"search.{key}": value for key, value in search.items()}})
 
 
 def test_ensemble_registered_when_it_beats_the_best_trial_on_valid(fake_ensembles):
@@ -71,6 +72,27 @@ def test_best_trial_kept_when_the_ensemble_does_not_beat_it(fake_ensembles):
     assert fake_ensembles.built == [["models:/m-four", "models:/m-one", "models:/m-seven"]]
     assert (model, uri) == (best, "models:/m-four") and fake_ensembles.logged == 0
     assert tracker.tags["medxp.selected"].startswith("trial 4: val roc_auc 0.9000, the mean of trials 4, 1, 7")
+
+
+@pytest.mark.parametrize("value, relation", [(0.87, "<"), (0.90, "=")])
+def test_without_ensemble_if_better_the_mean_is_registered_whatever_the_comparison(fake_ensembles, value, relation):
+    fake_ensembles.value = value  # below or level with the best trial's (selection-inflated) valid value
+    tracker, best = NullTracker(), torch.nn.Linear(1, 1)
+    model, uri = select_model(search_result(), best, None, config(3, ensemble_if_better=False), tracker)
+    assert fake_ensembles.built == [["models:/m-four", "models:/m-one", "models:/m-seven"]]
+    assert uri == "models:/m-ensemble" and model is not best and fake_ensembles.logged == 1
+    assert tracker.latest("valid_roc_auc_ensemble_top3") == pytest.approx(value)  # both values stay on record
+    assert tracker.latest("valid_roc_auc_best_trial") == pytest.approx(0.90)
+    selected = tracker.tags["medxp.selected"]
+    assert selected.startswith(f"ensemble of trials 4, 1, 7: val roc_auc {value:.4f} {relation} 0.9000")
+    assert "search.ensemble_if_better is false" in selected and tracker.tags["model"] == "ensemble"
+
+
+def test_without_ensemble_if_better_one_finished_trial_is_still_registered_alone(fake_ensembles):
+    tracker, best = NullTracker(), torch.nn.Linear(1, 1)
+    assert select_model(search_result(RANKED[:1]), best, None, config(3, ensemble_if_better=False),
+                        tracker) == (best, "models:/m-four")
+    assert fake_ensembles.built == [] and "fewer than 2 finished trials" in tracker.tags["medxp.selected"]
 
 
 @pytest.mark.parametrize("top, ranked", [(0, RANKED), (3, RANKED[:1])])

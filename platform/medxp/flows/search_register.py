@@ -88,7 +88,8 @@ def chosen_name(search: Any, model: nn.Module) -> str:
 
 def select_model(search: Any, model: nn.Module, data: DataModule, best: ExperimentConfig,
                  tracker: MlflowTracker) -> tuple[nn.Module, str]:
-    """The best trial's model, or the mean of the `search.ensemble_top` best trials' when it scores higher on valid.
+    """The best trial's model, or the mean of the `search.ensemble_top` best trials' when it scores higher on valid
+    (with `search.ensemble_if_better: false`, the mean whenever two or more trials finished).
 
     Selection uses the validation split only; the test split is scored once, afterwards, on the
     model chosen here. A search ranked by K-fold means (`search.cv_folds`) weighs the ensemble against
@@ -126,12 +127,14 @@ def select_model(search: Any, model: nn.Module, data: DataModule, best: Experime
         single_value = evaluate_inference_model(model, data, "valid", best).metrics[metric]
     tracker.log_metrics({f"valid_{metric}_best_trial": single_value,
                          f"valid_{metric}_ensemble_top{len(members)}": float(ensemble_value)})
-    if not ensemble_value > single_value:
+    if not ensemble_value > single_value and best.search.ensemble_if_better:
         tracker.set_tags({"medxp.selected": f"{single}: val {metric} {single_value:.4f}, the mean of trials "
                                             f"{trials} {ensemble_value:.4f}"})
         return model, search.best_model_uri
-    log.info("the mean of trials %s scores val %s %.4f > %.4f (trial %s alone): registering the ensemble",
-             trials, metric, ensemble_value, single_value, search.best_trial_number)
-    tracker.set_tags({"medxp.selected": f"ensemble of trials {trials}: val {metric} {ensemble_value:.4f} > "
-                                        f"{single_value:.4f} ({single} alone)", "model": "ensemble"})
+    relation = ">" if ensemble_value > single_value else "<" if ensemble_value < single_value else "="
+    rule = "" if best.search.ensemble_if_better else "; search.ensemble_if_better is false: the mean is registered"
+    log.info("the mean of trials %s scores val %s %.4f %s %.4f (trial %s alone): registering the ensemble%s",
+             trials, metric, ensemble_value, relation, single_value, search.best_trial_number, rule)
+    tracker.set_tags({"medxp.selected": f"ensemble of trials {trials}: val {metric} {ensemble_value:.4f} {relation} "
+                                        f"{single_value:.4f} ({single} alone){rule}", "model": "ensemble"})
     return ensemble, log_ensemble(ensemble, tracker, example_batch(data))
