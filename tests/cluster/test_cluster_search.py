@@ -240,7 +240,7 @@ def test_a_dead_worker_node_fails_its_trial_and_the_search_finishes_on_the_head(
     driver = cluster.start_search("fault", 6, **settings)
     try:
         victim = wait_for(lambda: _running_on(client, "fault", cluster.worker_node_id),
-                          "a trial running on the worker node", timeout=400)
+                          "a trial running on the worker node, before its first epoch", timeout=400, interval=0.25)
         cluster.worker.stop(signal.SIGKILL)  # the node dies: raylet and its workers at once
         killed_at = time.time() * 1000
         driver.wait(timeout=600)
@@ -276,10 +276,12 @@ def _running(cluster: Cluster, name: str) -> int:
 
 
 def _running_on(client: MlflowClient, name: str, node_id: str) -> str | None:
+    """A trial running on the node that has not finished an epoch yet: all its epochs are still to come when the
+    node is killed, so it cannot end between this look and the kill (a trial near its end could)."""
     if client.get_experiment_by_name("glaucoma") is None:
         return None
     for run in runs_of(client, name):
         if run.info.status == "RUNNING" and run.data.tags.get("medxp.node_id") == node_id \
-                and "medxp.cuda_visible_devices" in run.data.tags:
+                and "medxp.cuda_visible_devices" in run.data.tags and "val_loss" not in run.data.metrics:
             return run.info.run_id
     return None
