@@ -47,6 +47,7 @@ from ray.tune.search.optuna import OptunaSearch
 from medxp.config import SearchConfig
 from medxp.errors import MedxpError
 from medxp.objectives import parse_objectives
+from medxp.tracking.mlflow_tracker import local_store_folder
 
 log = logging.getLogger(__name__)
 
@@ -326,10 +327,7 @@ def default_storage(tracking_uri: str) -> str:
 
 def search_home(tracking_uri: str) -> Path:
     """The folder holding the local MLflow store (sqlite file or file store), else the working directory."""
-    for prefix in ("sqlite:///", "file://"):
-        if tracking_uri.startswith(prefix):
-            return Path(tracking_uri[len(prefix):]).resolve().parent
-    return Path.cwd()
+    return local_store_folder(tracking_uri) or Path.cwd()
 
 
 _LOCKS = "_medxp_locks"  # in a pickled sampler's state: the names of the locks left out, and what makes each

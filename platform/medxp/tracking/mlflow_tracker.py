@@ -91,9 +91,16 @@ def local_artifact_location(name: str) -> str | None:
     uri = mlflow.get_tracking_uri()
     if not uri.startswith("sqlite:///"):
         return None
-    store = Path(uri[len("sqlite:///"):].split("?", 1)[0]).resolve()
     folder = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "experiment"
-    return (store.parent / "mlruns" / folder).as_uri()
+    return (local_store_folder(uri) / "mlruns" / folder).as_uri()
+
+
+def local_store_folder(tracking_uri: str) -> Path | None:
+    """The folder holding a local MLflow store (a SQLite file, or a file store's folder); None for a tracking server."""
+    for prefix in ("sqlite:///", "file://"):
+        if tracking_uri.startswith(prefix):
+            return Path(tracking_uri[len(prefix):].split("?", 1)[0]).resolve().parent
+    return None
 
 
 def tag_experiment_kind(experiment_id: str) -> None:
