@@ -5,7 +5,9 @@ Both runs sample the same configurations (seeded random sampler) and prune nothi
 figure it prints where the time went, from the trial runs' own start and end times: the start-up
 (search start to the first trial run: Tune, the trial actors' process start and imports, the first
 data load, paid once by both runs), the trial phase (first trial run opened to last closed) and
-the wind-down, and the speed-up over the trial phase alone.
+the wind-down, and the speed-up over the trial phase alone; inside the trial phase, the trial runs'
+durations summed (what sharing the cores costs each trial) and the share of the lanes they fill
+(what waiting for the last trials costs).
 
     python bench/parallel_scaling.py           # 6 trials x 15 epochs, 400 images per class: the glaucoma
                                                # small CNN's search workload (experiment small_cnn)
@@ -78,13 +80,18 @@ def measure(args: argparse.Namespace, workdir: Path, concurrent: int) -> dict:
     trained = result.trials_trained
     return {"concurrent": concurrent, "trials": trained, "states": result.state_counts,
             "wall_s": wall, "trials_per_hour": 3600 * trained / wall,
-            **phases(result.parent_run_id, started_at, wall)}
+            **phases(result.parent_run_id, started_at, wall, concurrent)}
 
 
-def phases(parent_run_id: str, started_at: float, wall: float) -> dict[str, float]:
+def phases(parent_run_id: str, started_at: float, wall: float, concurrent: int) -> dict[str, float]:
     """Where the wall time went, from the trial runs' own start and end times: `startup_s` (search start to the
     first trial run: Tune, the trial actors' start and imports, the first data load), `trials_s` (first trial
-    run opened to last closed) and `wind_down_s` (the rest: the driver's closing of the search)."""
+    run opened to last closed) and `wind_down_s` (the rest: the driver's closing of the search).
+
+    Inside the trial phase: `run_s`, the trial runs' durations summed (more than with 1 concurrent trial: the
+    trials share the cores with each other, the driver and Ray), and `lanes_busy`, the share of the phase's
+    `concurrent` x `trials_s` lane-seconds that trial runs fill (below 1: a lane waits, e.g. the last trial
+    runs alone)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -94,7 +101,9 @@ def phases(parent_run_id: str, started_at: float, wall: float) -> dict[str, floa
     if not times:
         return {}
     first, last = min(start for start, _ in times), max(end for _, end in times)
-    return {"startup_s": first - started_at, "trials_s": last - first, "wind_down_s": started_at + wall - last}
+    run_s = sum(end - start for start, end in times)
+    return {"startup_s": first - started_at, "trials_s": last - first, "wind_down_s": started_at + wall - last,
+            "run_s": run_s, "lanes_busy": run_s / (concurrent * (last - first))}
 
 
 def main() -> None:
@@ -108,7 +117,8 @@ def main() -> None:
     # Each repeat runs every concurrency in turn; a 2-core machine's figures vary from run to run.
     repeats = [[measure(args, workdir, n) for n in args.concurrency] for _ in range(args.repeats)]
     print(f"\n{'repeat':>6} {'concurrent':>10} {'trials':>7} {'wall s':>8} {'trials/h':>9} {'speed-up':>9}   "
-          f"{'start-up s':>10} {'trials s':>9} {'wind-down s':>11} {'trial-phase speed-up':>21}")
+          f"{'start-up s':>10} {'trials s':>9} {'wind-down s':>11} {'trial-phase speed-up':>21} {'trial runs s':>12} "
+          f"{'lanes busy':>10}")
     for number, rows in enumerate(repeats, 1):
         for row in rows:
             row["speedup"] = row["trials_per_hour"] / rows[0]["trials_per_hour"]
@@ -119,7 +129,8 @@ def main() -> None:
             print(f"{number:>6} {row['concurrent']:>10} {row['trials']:>7} {row['wall_s']:>8.0f} "
                   f"{row['trials_per_hour']:>9.1f} {row['speedup']:>8.2f}x   {row.get('startup_s', nan):>10.1f} "
                   f"{row.get('trials_s', nan):>9.1f} {row.get('wind_down_s', nan):>11.1f} "
-                  f"{row.get('trial_phase_speedup', nan):>20.2f}x")
+                  f"{row.get('trial_phase_speedup', nan):>20.2f}x {row.get('run_s', nan):>12.1f} "
+                  f"{row.get('lanes_busy', nan):>10.2f}")
     medians = {}
     for index, concurrent in enumerate(args.concurrency):
         medians[concurrent] = {key: statistics.median(rows[index].get(key, float("nan")) for rows in repeats)
@@ -128,7 +139,9 @@ def main() -> None:
         print(f"median over {args.repeats} repeat(s), {concurrent} concurrent: speed-up {median['speedup']:.2f}x, "
               f"trial-phase speed-up {median['trial_phase_speedup']:.2f}x")
     print("speed-up: trials per hour over the whole search (the goal's figure); trial-phase speed-up: over the span "
-          "from the first trial run opened to the last closed, without the start-up both runs pay once")
+          "from the first trial run opened to the last closed, without the start-up both runs pay once; trial runs s: "
+          "the trial runs' durations summed (the same trials: above the 1-trial figure, the share the cores cost); "
+          "lanes busy: trial runs s / (concurrent x trials s)")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"parallel_scaling{'_quick' if args.quick else ''}.json"
     out.write_text(json.dumps({"args": vars(args), "repeats": repeats, "medians": medians}, indent=2))
