@@ -132,3 +132,14 @@ def test_a_tracking_server_places_artifacts_itself(monkeypatch):
     assert local_artifact_location("glaucoma") is None
     monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "sqlite:////srv/mlflow/mlflow.db")
     assert local_artifact_location("glaucoma") == "file:///srv/mlflow/mlruns/glaucoma"
+
+
+def test_the_search_home_is_the_local_stores_folder_and_the_study_module_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from medxp.search import study; print('torch' in sys.modules); "
+            "print(study.search_home('sqlite:////srv/mlflow/mlflow.db'), study.search_home('file:///srv/runs/mlruns'), "
+            "study.search_home('http://127.0.0.1:5000'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    assert done.stdout.split() == ["False", "/srv/mlflow", "/srv/runs", "/"]

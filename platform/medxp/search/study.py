@@ -47,7 +47,6 @@ from ray.tune.search.optuna import OptunaSearch
 from medxp.config import SearchConfig
 from medxp.errors import MedxpError
 from medxp.objectives import parse_objectives
-from medxp.tracking.mlflow_tracker import local_store_folder
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +326,8 @@ def default_storage(tracking_uri: str) -> str:
 
 def search_home(tracking_uri: str) -> Path:
     """The folder holding the local MLflow store (sqlite file or file store), else the working directory."""
+    from medxp.tracking.mlflow_tracker import local_store_folder  # here: the tracking package imports torch
+
     return local_store_folder(tracking_uri) or Path.cwd()
 
 
