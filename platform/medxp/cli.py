@@ -178,7 +178,8 @@ def _main(args: argparse.Namespace) -> None:
     with MlflowTracker.start(config.dataset.name, run_name=f"main-{config.dataset.name}",
                              tags={"medxp.kind": "search"}) as tracker:
         result = search_explain_register(config, tracker, search_name=args.name or None,
-                                         explain_samples=args.explain_samples)
+                                         explain_samples=args.explain_samples,
+                                         overrides=parse_overrides(args.overrides))
     search = result.search
     checks = ", ".join(f"{name} {value:.2f}" for name, value in sorted(result.explain_metrics.items()))
     checks = f"; explanation checks: {checks}" if checks else ""

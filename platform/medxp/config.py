@@ -184,6 +184,12 @@ class SearchConfig:
     with `ensemble_if_better: false` it is registered whenever two or more trials finished (the best
     trial's validation value is the highest of many draws, so on a small validation split it overstates
     that trial and the comparison is tilted against the ensemble).
+    `ensemble_with` (the main flow; empty: off): an experiment of the project (`experiments/<name>.yaml`,
+    loaded with the main command's overrides) trained `ensemble_with_seeds` times (seeds `train.seed`,
+    `+1`, ...) after the search, each a nested run scored on valid; the mean of their models, as one
+    member, is averaged with the model the search chose (each half weighing equally) and registered, under
+    the same `ensemble_if_better` rule. A companion trained at another image size is fed the project's
+    images resized to its own (`medxp.models.ensemble.Resized`). Single-objective searches, no `refit`.
     `cv_folds` (0: off): with K >= 2 a trial's objective is the mean of `val_<eval.primary_metric>` over
     stratified K-fold of the train + valid pool (`medxp.training.estimator.cross_validate`), the
     model it logs still fitted on train; for models fitted in one call (`hist_gradient_boosting`),
@@ -215,6 +221,8 @@ class SearchConfig:
     rerun_duplicates: bool = False
     ensemble_top: int = 0
     ensemble_if_better: bool = True
+    ensemble_with: str = ""
+    ensemble_with_seeds: int = 3
     cv_folds: int = 0
     refit: bool = False
     storage: str = ""
@@ -757,6 +765,11 @@ def _search_checks(search: SearchConfig, train_epochs: int) -> list[tuple[str, b
         ("search.ray_cpus", search.ray_cpus >= 0, "a CPU count >= 0 (0: all cores)"),
         ("search.ensemble_top", search.ensemble_top >= 0 and search.ensemble_top != 1,
          "0 (the best trial alone) or a count >= 2 of best trials to average"),
+        ("search.ensemble_with_seeds", search.ensemble_with_seeds >= 1, "a count >= 1 of seeds to train"),
+        ("search.ensemble_with",
+         not (search.ensemble_with and (len(search.objectives) > 1 or search.refit)),
+         "empty with search.refit or two or more search.objectives (nothing refits a companion, and a Pareto "
+         "front weighs an inference cost an ensemble multiplies), else an experiment of the project"),
         ("search.cv_folds",
          search.cv_folds >= 0 and search.cv_folds != 1 and not (search.cv_folds and len(search.objectives) > 1),
          "0 (trials judged on valid) or a fold count >= 2, with one objective (a Pareto front weighs valid metrics)"),

@@ -284,13 +284,16 @@ def _version_tags(run: Run, config: ExperimentConfig, synthetic: bool, model_id:
 
 def model_card(run: Run, config: ExperimentConfig, synthetic: bool, *, name: str, version: str,
                attached: list[str], selection: str = "") -> str:
-    """The version description: a short Markdown model card built from the run and its config (and, for a
-    multi-objective search's model, how `search.select` chose it)."""
+    """The version description: a short Markdown model card built from the run and its config (and how the
+    model was chosen: for a multi-objective search's model, by `search.select`; else the run's `medxp.selected`)."""
     sections = [
         f"### {name} v{version}: {run.data.tags.get('model', config.model.name)}",
         _data_section(run, config, synthetic),
         _metrics_section(run, config),
         *([_selection_section(config, selection)] if selection else []),
+        # What the main flow chose on validation (the best trial, the mean of the best few, with companions).
+        *([f"**Chosen on validation**: {run.data.tags['medxp.selected']}."]
+          if not selection and run.data.tags.get("medxp.selected") else []),
         _training_section(run, config),
         _provenance_section(run, attached),
     ]

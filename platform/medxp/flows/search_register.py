@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from typing import Any
+from typing import Any, Mapping
 
 from torch import nn
 
@@ -44,16 +44,20 @@ class MainResult:
 
 
 def search_explain_register(config: ExperimentConfig, tracker: MlflowTracker, *, search_name: str | None = None,
-                            explain_samples: int = 1000) -> MainResult:
+                            explain_samples: int = 1000, overrides: Mapping[str, Any] | None = None) -> MainResult:
     """Runs the project's search under `tracker`'s run, then evaluates, explains and registers the best model.
 
+    `overrides`: the command line's, applied to the `search.ensemble_with` experiment as to `config`.
+
     Raises:
-        MedxpError: no trial finished (nothing to register).
+        MedxpError: no trial finished (nothing to register), or a bad `search.ensemble_with` (before the search).
     """
     from medxp.explain import explain_model
+    from medxp.flows.companions import add_companions, companion_configs
     from medxp.promotion import register_model
     from medxp.search import run_search
 
+    companions = companion_configs(config, overrides)
     search = run_search(config, search_name=search_name, parent_tracker=tracker)
     if search.best_model_uri is None or search.best_config is None:
         raise MedxpError(f"search '{search.study_name}' has no finished trial to register "
@@ -63,6 +67,9 @@ def search_explain_register(config: ExperimentConfig, tracker: MlflowTracker, *,
         "best_trial": str(search.best_trial_number), "best_run_id": str(search.best_run_id),
         **search.best_weights})  # the model card states where the registered model's weights came from
     model, model_uri = select_model(search, model, data, best, tracker)
+    if companions is not None:
+        model, model_uri = add_companions(companions, model, model_uri, chosen_name(search, model), data, best,
+                                          tracker)
     if best.search.refit:  # chosen on the search's record; fitted again on train + valid before the test split
         from medxp.flows.refit import refit_selected
 

@@ -2,7 +2,8 @@
 
 A member is any model medxp logs: (N, C, H, W) float32 pixels in [0, 1] in, class
 probabilities out (`medxp.models.InferenceModel`). Members must agree on class names and
-input shape; a mismatch is an error naming the members. Loading members from MLflow is
+input shape; a mismatch is an error naming the members. A model trained at another image size joins
+as `Resized`: it takes the ensemble's images and resizes them to its own size first. Loading members from MLflow is
 `medxp.models.loading`; building, logging and registering an ensemble is `medxp.flows.ensemble`.
 """
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medxp.errors import MedxpError
@@ -78,6 +80,34 @@ class EnsembleModel(nn.Module):
             raise MedxpError(f"ensemble: members return different numbers of classes ({described}); "
                              "expected members trained on the same classes")
         return torch.stack(probabilities).mean(dim=0)
+
+
+class Resized(nn.Module):
+    """A medxp model fed images of another size: bilinear resize to the size it was trained at, then the model.
+
+    The data module resizes an image file to `dataset.image_size` with PIL's bilinear filter (pixel
+    centres at half-integers); `F.interpolate(..., mode="bilinear", align_corners=False)` samples the same
+    points, with antialiasing when it shrinks. It carries what an ensemble member describes: the model's
+    `class_names`, and `input_shape` (C, H, W) at the size it is fed, so it joins an ensemble of that size.
+    """
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int]) -> None:
+        super().__init__()
+        trained = tuple(int(size) for size in getattr(model, "input_shape", ()) or ())
+        if len(trained) != 3 or len(input_shape) != 3 or trained[0] != int(input_shape[0]):
+            raise MedxpError(f"Resized: a model trained on images of shape {list(trained) or 'unknown'} cannot take "
+                             f"images of shape {list(input_shape)}; expected (channels, height, width) with the "
+                             "same channels")
+        self.model = model
+        self.size = trained[1:]
+        self.input_shape = tuple(int(size) for size in input_shape)
+        self.class_names = tuple(getattr(model, "class_names", ()) or ())
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if tuple(inputs.shape[-2:]) != self.size:
+            shrinking = inputs.shape[-1] > self.size[1] or inputs.shape[-2] > self.size[0]
+            inputs = F.interpolate(inputs, size=self.size, mode="bilinear", align_corners=False, antialias=shrinking)
+        return self.model(inputs)
 
 
 def check_members(members: Sequence[MemberInfo]) -> tuple[tuple[str, ...], tuple[int, ...]]:
