@@ -115,7 +115,8 @@ def test_a_network_or_a_model_with_a_fitted_rule_is_refused(ctg_root):
 @pytest.mark.parametrize("project, overrides", [
     ("fetal_health", {"search.cv_folds": 0}),  # ranked on valid: the refit would train on what chose it
     ("fetal_health", {"eval.calibration": "temperature"}),
-    ("breastmnist", {"search.cv_folds": 5, "search.refit": True}),  # binary: its threshold needs valid
+    # binary: its threshold needs valid (and without its Lite0 companions, which refuse a refit first)
+    ("breastmnist", {"search.cv_folds": 5, "search.refit": True, "search.ensemble_with": ""}),
 ])
 def test_the_config_refuses_a_refit_without_k_fold_ranking_or_with_a_rule_to_fit(project, overrides):
     with pytest.raises(MedxpError, match=r"'search.refit' = True: expected false, or true with search.cv_folds >= 2"):
