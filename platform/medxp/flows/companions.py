@@ -103,7 +103,7 @@ def add_companions(companions: Companions, model: nn.Module, model_uri: str, cho
     tracker.check_active("search.ensemble_with")
     experiment = mlflow.get_experiment(mlflow.active_run().info.experiment_id).name
     input_shape = tuple(int(size) for size in data.datasets["valid"].images.shape[1:])
-    members, infos, failures = [], [], []
+    members, infos, seeds, failures = [], [], [], []
     for index, config in enumerate(companions.configs, start=1):
         label = f"companion-{companions.name}-seed{config.train.seed}"
         log.info("search.ensemble_with: training %s (%d/%d)%s", label, index, len(companions.configs),
@@ -124,6 +124,7 @@ def add_companions(companions: Companions, model: nn.Module, model_uri: str, cho
             failures.append(f"{label}: {str(error)[:200]}")
             continue
         members.append(member.eval())
+        seeds.append(config.train.seed)
         infos.append(MemberInfo(f"{label} ({result.model_uri})", tuple(data.class_names), input_shape))
     if not members:
         tracker.set_tags({"medxp.selected": f"{chosen} (no {companions.name} companion finished: "
@@ -141,7 +142,7 @@ def add_companions(companions: Companions, model: nn.Module, model_uri: str, cho
     tracker.log_metrics({f"valid_{metric}_search_model": float(search_value),
                          f"valid_{metric}_with_{companions.name}": float(mean_value)})
     what = f"{chosen} averaged with {len(members)} {companions.name} model(s) (seeds " \
-           f"{', '.join(str(c.train.seed) for c in companions.configs)})"
+           f"{', '.join(map(str, seeds))})"  # the seeds that finished
     relation = ">" if mean_value > search_value else "<" if mean_value < search_value else "="
     if not mean_value > search_value and best.search.ensemble_if_better:
         tracker.set_tags({"medxp.selected": f"{chosen}: val {metric} {search_value:.4f}, {what} "
